@@ -1,0 +1,185 @@
+"""Service settings, read once from the environment and an optional ``.env`` file.
+
+Every field carries its environment variable name (``rename``) and a one-line description, which
+is also the text ``.env.example`` shows for it; a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from dotenv import dotenv_values
+from msgspec import Meta
+
+# Settings whose variable names predate the APP_ prefix (kept from the service this replaces).
+_ENV_NAMES = {
+    "jwt_secret_key": "JWT_SECRET_KEY",
+    "algorithm": "ALGORITHM",
+    "access_token_expire_minutes": "ACCESS_TOKEN_EXPIRE_MINUTES",
+    "huggingface_token": "HUGGINGFACE_TOKEN",
+    "context_size": "APP_CONTEXT_SIZE",
+}
+# Settings whose values must never be echoed back, not even in an error message.
+_SECRETS = frozenset({"JWT_SECRET_KEY", "HUGGINGFACE_TOKEN"})
+# Other variable names that also set a field, tried in order when the main one is unset.
+_ENV_FALLBACKS = {"huggingface_token": ("HF_TOKEN",)}
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets ``field``."""
+    return _ENV_NAMES.get(field, "APP_" + field.upper())
+
+
+class ConfigError(Exception):
+    """A setting has a value the service cannot start with; the message names the variable."""
+
+
+class Settings(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, rename=env_name
+):
+    """Everything the service can be configured with."""
+
+    host: Annotated[str, Meta(min_length=1, description="Address the HTTP server listens on.")] = (
+        "127.0.0.1"
+    )
+    port: Annotated[int, Meta(ge=1, le=65535, description="Port the HTTP server listens on.")] = (
+        8002
+    )
+    log_level: Annotated[
+        Literal["debug", "info", "warning", "error"],
+        Meta(description="Least severe log level written: debug, info, warning or error."),
+    ] = "info"
+
+    model_name: Annotated[
+        str,
+        Meta(
+            min_length=1,
+            max_length=256,
+            description="Model id that clients send as `model` and that /v1/models lists.",
+        ),
+    ] = "tinyllama-1.1b"
+    model_repo: Annotated[
+        str,
+        Meta(
+            pattern=r"^[\w.-]+/[\w.-]+$",
+            description="Hugging Face Hub repository the GGUF file is downloaded from.",
+        ),
+    ] = "TheBloke/TinyLlama-1.1B-Chat-v1.0-GGUF"
+    model_file: Annotated[
+        str,
+        Meta(
+            pattern=r"(?i)\.gguf$",
+            description="GGUF file name inside APP_MODEL_REPO.",
+        ),
+    ] = "tinyllama-1.1b-chat-v1.0.Q4_K_M.gguf"
+    model_revision: Annotated[
+        str,
+        Meta(min_length=1, description="Branch, tag or commit of APP_MODEL_REPO to download."),
+    ] = "main"
+    model_path: Annotated[
+        str | None,
+        Meta(description="Local GGUF file to serve instead of downloading from the Hub."),
+    ] = None
+    huggingface_token: Annotated[
+        str | None,
+        Meta(description="Hub access token for gated or private repositories (or set HF_TOKEN)."),
+    ] = None
+
+    context_size: Annotated[
+        int,
+        Meta(ge=16, le=1_048_576, description="Context window in tokens: prompt plus completion."),
+    ] = 2048
+    threads: Annotated[
+        Annotated[int, Meta(ge=1, le=1024)] | None,
+        Meta(description="CPU threads for generation; empty means all cores."),
+    ] = None
+    max_length: Annotated[
+        int,
+        Meta(ge=1, description="Default max_tokens when a request does not set it."),
+    ] = 256
+    temperature: Annotated[
+        float,
+        Meta(
+            ge=0, le=2, description="Default sampling temperature when a request does not set it."
+        ),
+    ] = 0.7
+
+    jwt_secret_key: Annotated[
+        Annotated[str, Meta(min_length=32)] | None,
+        Meta(description="Secret that signs access tokens (at least 32 characters)."),
+    ] = None
+    algorithm: Annotated[
+        Literal["HS256", "HS384", "HS512"],
+        Meta(description="JWT signing algorithm: HS256, HS384 or HS512."),
+    ] = "HS256"
+    access_token_expire_minutes: Annotated[
+        int,
+        Meta(ge=1, le=525_600, description="Minutes an access token stays valid."),
+    ] = 30
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
+    ) -> Settings:
+        """Reads settings from ``environ`` (default: the process environment) over ``env_file``.
+
+        Empty values count as unset. Raises ``ConfigError`` naming the first bad variable.
+        """
+        values: dict[str, str | None] = {}
+        if env_file is not None and Path(env_file).is_file():
+            values.update(dotenv_values(env_file))
+        values.update(os.environ if environ is None else environ)
+        return cls.from_mapping(values)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, str | None]) -> Settings:
+        """Builds settings from variable names to string values; unknown names are ignored."""
+        raw: dict[str, Any] = {}
+        for field in msgspec.structs.fields(cls):
+            for name in (field.encode_name, *_ENV_FALLBACKS.get(field.name, ())):
+                value = (values.get(name) or "").strip()
+                if value:
+                    raw[field.encode_name] = value
+                    break
+        try:
+            return msgspec.convert(raw, cls, strict=False)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(_describe(exc, raw)) from None
+
+
+def _describe(exc: msgspec.ValidationError, raw: Mapping[str, Any]) -> str:
+    """Turns msgspec's ``Expected ... - at `$.NAME``` into a sentence that names the variable."""
+    message = str(exc)
+    detail, sep, where = message.rpartition(" - at `$.")
+    if not sep:
+        return f"invalid configuration: {message}"
+    name = where.rstrip("`")
+    choices = _choices(name)
+    if choices:
+        detail = "must be one of " + ", ".join(choices)
+    value = "(hidden)" if name in _SECRETS else repr(raw.get(name))
+    return f"invalid value {value} for {name}: {detail}"
+
+
+def _choices(name: str) -> list[str]:
+    return [str(c) for c in _schema().get(name, {}).get("enum", [])]
+
+
+@functools.cache
+def _schema() -> dict[str, Any]:
+    """The JSON schema of each setting, by variable name."""
+    schema: dict[str, Any] = msgspec.json.schema(Settings)["$defs"]["Settings"]["properties"]
+    return schema
+
+
+def describe_settings() -> list[tuple[str, str, Any]]:
+    """(variable, description, default) for every setting, in declaration order."""
+    return [
+        (field.encode_name, _schema()[field.encode_name].get("description", ""), field.default)
+        for field in msgspec.structs.fields(Settings)
+    ]
