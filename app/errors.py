@@ -1,0 +1,222 @@
+"""Domain errors and the one place that turns any exception into OpenAI's error shape.
+
+Services raise the typed errors below; ``exception_handlers`` maps them (and Litestar's own HTTP
+errors) to ``{"error": {"message", "type", "param", "code"}}`` with the right status. Anything
+unexpected becomes a 500 that says nothing internal; its traceback is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any, ClassVar
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi import ResponseSpec
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from litestar.types import ExceptionHandlersMap
+
+logger = logging.getLogger(__name__)
+
+
+class ErrorDetail(msgspec.Struct):
+    """The body of an OpenAI error."""
+
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(msgspec.Struct):
+    """What every failed request returns."""
+
+    error: ErrorDetail
+
+
+class ServiceError(Exception):
+    """Base of the errors a client can cause or must be told about."""
+
+    status_code: ClassVar[int] = 400
+    error_type: ClassVar[str] = "invalid_request_error"
+    code: ClassVar[str | None] = None
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    def headers(self) -> dict[str, str]:
+        """Extra response headers this error needs."""
+        return {}
+
+
+class InvalidRequest(ServiceError):
+    """The request is well-formed JSON but asks for something invalid or unsupported."""
+
+
+class ContextLengthExceeded(ServiceError):
+    """The prompt does not fit the model's context window."""
+
+    code = "context_length_exceeded"
+
+    def __init__(self, *, prompt_tokens: int, context_size: int, param: str = "prompt") -> None:
+        super().__init__(
+            f"This model's maximum context length is {context_size} tokens, however you "
+            f"requested {prompt_tokens} tokens in the prompt (at least one more is needed for "
+            "the completion). Please shorten the prompt.",
+            param=param,
+        )
+        self.prompt_tokens = prompt_tokens
+        self.context_size = context_size
+
+
+class ModelNotFound(ServiceError):
+    """The request names a model this service does not serve."""
+
+    status_code = 404
+    code = "model_not_found"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"The model '{model}' does not exist.", param="model")
+
+
+class ModelNotReady(ServiceError):
+    """The model is still downloading or loading, or failed to load."""
+
+    status_code = 503
+    error_type = "unavailable_error"
+    code = "model_not_ready"
+
+    def __init__(self, model: str, state: str) -> None:
+        super().__init__(f"The model '{model}' is not ready yet (state: {state}). Retry shortly.")
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "5"}
+
+
+class ModelUnavailable(Exception):
+    """The model file cannot be obtained or loaded; stops the start with this one sentence."""
+
+
+_RESPONSE_DESCRIPTIONS = {
+    400: "Invalid request: the message and `param` name the offending field.",
+    401: "Missing or invalid credentials.",
+    404: "Unknown model (`model_not_found`).",
+    413: "The request body is too large.",
+    429: "Too many requests; retry after `Retry-After` seconds.",
+    503: "The model is still downloading or loading; retry after `Retry-After` seconds.",
+}
+
+
+def error_responses(*status_codes: int) -> dict[int, ResponseSpec]:
+    """OpenAPI documentation of the error responses a route can give."""
+    return {
+        code: ResponseSpec(
+            data_container=ErrorResponse,
+            description=_RESPONSE_DESCRIPTIONS[code],
+            generate_examples=False,
+        )
+        for code in status_codes
+    }
+
+
+# Litestar's status codes for which OpenAI has a matching error type.
+_HTTP_ERROR_TYPES = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "unavailable_error",
+}
+
+
+def error_response(
+    status_code: int,
+    message: str,
+    *,
+    error_type: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response[ErrorResponse]:
+    """A response in OpenAI's error shape."""
+    return Response(
+        ErrorResponse(ErrorDetail(message=message, type=error_type, param=param, code=code)),
+        status_code=status_code,
+        headers=headers,
+    )
+
+
+def _service_error(_: Request[Any, Any, Any], exc: ServiceError) -> Response[ErrorResponse]:
+    return error_response(
+        exc.status_code,
+        exc.message,
+        error_type=exc.error_type,
+        param=exc.param,
+        code=exc.code,
+        headers=exc.headers() or None,
+    )
+
+
+def _validation_error(
+    request: Request[Any, Any, Any], exc: ValidationException
+) -> Response[ErrorResponse]:
+    """Body, query and path validation failures: a 400 that names the offending field."""
+    extra = exc.extra if isinstance(exc.extra, list) else []
+    first = extra[0] if extra and isinstance(extra[0], dict) else {}
+    detail = str(first.get("message") or exc.detail)
+    missing = _MISSING_FIELD.search(detail)
+    param = missing.group(1) if missing else _field_from_key(first.get("key"))
+    if param:
+        message = f"Invalid value for '{param}': {detail}"
+    elif "malformed" in detail.lower() or "decode" in detail.lower():
+        message = f"We could not parse the JSON body of your request: {detail}"
+    else:
+        message = f"Invalid request body: {detail}"
+    return error_response(400, message, param=param)
+
+
+# msgspec: "Object missing required field `model`" (at the body's root, which Litestar calls data).
+_MISSING_FIELD = re.compile(r"missing required field `([^`]+)`")
+
+
+def _field_from_key(key: Any) -> str | None:
+    """msgspec reports paths like ``$.stop[5]``; OpenAI names the field (``stop``)."""
+    if not isinstance(key, str) or key in ("", "$", "data"):
+        return None
+    return key.removeprefix("$.").removeprefix("data.") or None
+
+
+def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorResponse]:
+    status = exc.status_code
+    return error_response(
+        status,
+        exc.detail,
+        error_type=_HTTP_ERROR_TYPES.get(
+            status, "invalid_request_error" if status < 500 else "server_error"
+        ),
+        headers=exc.headers,
+    )
+
+
+def _unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorResponse]:
+    logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(
+        HTTP_500_INTERNAL_SERVER_ERROR,
+        "The server had an error while processing your request.",
+        error_type="server_error",
+    )
+
+
+exception_handlers: ExceptionHandlersMap = {
+    ServiceError: _service_error,
+    ValidationException: _validation_error,
+    HTTPException: _http_error,
+    Exception: _unexpected_error,
+}
