@@ -1,0 +1,52 @@
+"""The real service on the real SmolLM2 GGUF, served by uvicorn on a loopback port."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from app.factory import create_app
+from app.settings import Settings
+from tests.integration.support import wait_healthy
+
+MODEL_ID = "tinyllama-1.1b"
+# Small enough that the context-length tests stay quick.
+CONTEXT_SIZE = 512
+
+
+@dataclass
+class RunningServer:
+    url: str
+    settings: Settings
+
+
+@pytest.fixture(scope="session")
+def server(model_file: Path) -> Iterator[RunningServer]:
+    settings = Settings.from_mapping(
+        {
+            "APP_MODEL_PATH": str(model_file),
+            "APP_MODEL_NAME": MODEL_ID,
+            "APP_CONTEXT_SIZE": str(CONTEXT_SIZE),
+            "APP_MAX_LENGTH": "16",
+        }
+    )
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    config = uvicorn.Config(create_app(settings), log_config=None, lifespan="on")
+    uv = uvicorn.Server(config)
+    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        wait_healthy(url)
+        yield RunningServer(url=url, settings=settings)
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=30)
+        sock.close()

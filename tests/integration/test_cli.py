@@ -1,0 +1,174 @@
+"""``python -m app serve`` as a user starts it: configuration errors, Hub download, model errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from tests.hubserver import COMMIT, serve_hub
+from tests.integration.support import free_port, wait_healthy
+
+REPO, FILE = "test-org/SmolLM2-135M-Instruct-GGUF", "smollm2-135m-instruct.q4_1.gguf"
+
+
+def app_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
+    """A clean environment: no APP_* or HF_* from the developer's shell leaks in."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("APP_", "HF_", "HUGGINGFACE_", "JWT_"))
+        and k not in ("ALGORITHM", "ACCESS_TOKEN_EXPIRE_MINUTES")
+    }
+    env.update(
+        HF_HUB_CACHE=str(tmp_path / "hub"),
+        HF_HUB_DISABLE_TELEMETRY="1",
+        APP_HOST="127.0.0.1",
+        APP_CONTEXT_SIZE="256",
+    )
+    env.update(overrides)
+    return env
+
+
+def run_app(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args],
+        env=app_env(tmp_path, **env),
+        cwd=tmp_path,  # no stray .env
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@contextmanager
+def serving(tmp_path: Path, **env: str) -> Iterator[str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app", "serve"],
+        env=app_env(tmp_path, APP_PORT=str(port), **env),
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url)
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+        # uvicorn shuts down gracefully, then re-raises SIGTERM so supervisors see it.
+        assert process.returncode in (0, -signal.SIGTERM), stderr
+        assert "Application shutdown complete" in stderr
+        assert "Traceback" not in stderr, stderr
+
+
+def test_bad_configuration_stops_the_start_naming_the_variable(tmp_path: Path) -> None:
+    result = run_app(tmp_path, "serve", APP_PORT="eighty")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "error: invalid value 'eighty' for APP_PORT: Expected `int`, got `str`"
+    )
+
+
+def test_bad_value_in_dotenv_is_reported_too(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("APP_TEMPERATURE=hot\n")
+    result = run_app(tmp_path, "check-config")
+    assert result.returncode == 2
+    assert "APP_TEMPERATURE" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_check_config_accepts_the_example_file(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[2] / ".env.example"
+    (tmp_path / ".env").write_text(example.read_text())
+    result = run_app(tmp_path, "check-config")
+    assert result.returncode == 0, result.stderr
+
+
+def test_first_start_downloads_from_the_hub_and_the_second_uses_the_cache(
+    tmp_path: Path, model_file: Path
+) -> None:
+    env = {"APP_MODEL_REPO": REPO, "APP_MODEL_FILE": FILE, "APP_MODEL_NAME": "smol"}
+    with serve_hub({(REPO, FILE): model_file}) as hub:
+        with serving(tmp_path, HF_ENDPOINT=hub.url, **env) as url:
+            completion = httpx.post(
+                f"{url}/v1/completions",
+                json={"model": "smol", "prompt": "Hello", "max_tokens": 4},
+                timeout=60,
+            )
+            assert completion.status_code == 200
+            assert completion.json()["usage"]["completion_tokens"] > 0
+        assert [r.path for r in hub.downloads()] == [f"/{REPO}/resolve/main/{FILE}"]
+
+        # The file sits in the Hub's standard cache layout, where other tools find it.
+        cached = tmp_path / "hub" / f"models--{REPO.replace('/', '--')}"
+        snapshot = cached / "snapshots" / COMMIT / FILE
+        assert snapshot.is_file()
+        assert snapshot.stat().st_size == model_file.stat().st_size
+        assert (cached / "blobs" / hub.sha256(model_file)).is_file()
+
+        with serving(tmp_path, HF_ENDPOINT=hub.url, **env):
+            pass
+        assert len(hub.downloads()) == 1, "the second start must not download again"
+
+
+def test_a_cached_model_starts_with_the_hub_offline(tmp_path: Path, model_file: Path) -> None:
+    env = {"APP_MODEL_REPO": REPO, "APP_MODEL_FILE": FILE}
+    with (
+        serve_hub({(REPO, FILE): model_file}) as hub,
+        serving(tmp_path, HF_ENDPOINT=hub.url, **env),
+    ):
+        pass
+    with serving(tmp_path, HF_ENDPOINT="http://127.0.0.1:9", **env):
+        pass
+
+
+def test_a_file_missing_on_the_hub_stops_the_start_with_one_sentence(
+    tmp_path: Path, model_file: Path
+) -> None:
+    with serve_hub({(REPO, FILE): model_file}) as hub:
+        result = run_app(
+            tmp_path,
+            "serve",
+            HF_ENDPOINT=hub.url,
+            APP_MODEL_REPO=REPO,
+            APP_MODEL_FILE="absent.gguf",
+            APP_PORT=str(free_port()),
+        )
+    assert result.returncode == 1
+    assert f"{REPO} has no file 'absent.gguf'; check APP_MODEL_FILE." in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_offline_without_a_cached_file_says_how_to_provide_one(tmp_path: Path) -> None:
+    # An unreachable Hub takes the same path after huggingface_hub's retries (about 25 s).
+    result = run_app(
+        tmp_path,
+        "serve",
+        HF_HUB_OFFLINE="1",
+        APP_MODEL_REPO=REPO,
+        APP_MODEL_FILE=FILE,
+        APP_PORT=str(free_port()),
+    )
+    assert result.returncode == 1
+    assert "set APP_MODEL_PATH to a local GGUF file" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_local_file_that_is_not_gguf_stops_the_start(tmp_path: Path) -> None:
+    bogus = tmp_path / "model.gguf"
+    bogus.write_text("not a model")
+    result = run_app(tmp_path, "serve", APP_MODEL_PATH=str(bogus), APP_PORT=str(free_port()))
+    assert result.returncode == 1
+    assert f"The model file {bogus} is not a GGUF file" in result.stderr
+    assert "Traceback" not in result.stderr

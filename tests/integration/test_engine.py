@@ -1,0 +1,114 @@
+"""The llama.cpp engine on the real SmolLM2 GGUF."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from app.errors import ModelUnavailable
+from app.inference.engine import Finished, SamplingParams, TextDelta
+from app.inference.llama_engine import LlamaEngine
+
+
+@pytest.fixture
+async def engine(model_file: Path) -> AsyncIterator[LlamaEngine]:
+    engine = await LlamaEngine.load(model_file, context_size=256, threads=2)
+    yield engine
+    await engine.close()
+
+
+async def run(engine: LlamaEngine, prompt: str, **params: object) -> tuple[list[str], Finished]:
+    deltas: list[str] = []
+    finished = None
+    tokens = await engine.tokenize(prompt)
+    async for event in engine.generate(tokens, SamplingParams(**params)):  # type: ignore[arg-type]
+        if isinstance(event, TextDelta):
+            deltas.append(event.text)
+        else:
+            finished = event
+    assert finished is not None
+    return deltas, finished
+
+
+async def test_a_real_decode_runs(engine: LlamaEngine) -> None:
+    """Guards the build: llama.cpp's AMX kernels crashed (SIGSEGV) on the first decode here."""
+    deltas, finished = await run(engine, "The capital of France is", max_tokens=8, temperature=0.0)
+    assert finished.completion_tokens == 8
+    assert finished.reason == "length"
+    assert finished.prompt_tokens == len(await engine.tokenize("The capital of France is"))
+    assert "".join(deltas).strip()
+
+
+async def test_greedy_decoding_is_repeatable(engine: LlamaEngine) -> None:
+    first, _ = await run(engine, "Once upon a time", max_tokens=24, temperature=0.0)
+    second, _ = await run(engine, "Once upon a time", max_tokens=24, temperature=0.0)
+    assert "".join(first) == "".join(second)
+
+
+async def test_the_same_seed_gives_the_same_text(engine: LlamaEngine) -> None:
+    texts = {}
+    for seed in (1, 1, 2, 3):
+        deltas, _ = await run(
+            engine, "Write a word:", max_tokens=24, temperature=1.0, seed=seed, top_k=0, min_p=0.0
+        )
+        texts.setdefault(seed, []).append("".join(deltas))
+    assert texts[1][0] == texts[1][1]
+    assert len({texts[1][0], texts[2][0], texts[3][0]}) > 1, "seeds should change the sample"
+
+
+async def test_max_tokens_is_clamped_to_the_context(engine: LlamaEngine) -> None:
+    prompt = "count: " + " ".join(str(i) for i in range(60))
+    prompt_tokens = len(await engine.tokenize(prompt))
+    assert prompt_tokens < engine.context_size
+    _, finished = await run(engine, prompt, max_tokens=10_000, temperature=0.0, stop=())
+    room = engine.context_size - prompt_tokens
+    # The model may end the text itself; it can never run past the context.
+    assert finished.completion_tokens <= room
+    if finished.completion_tokens == room:
+        assert finished.reason == "length"
+
+
+async def test_a_stop_split_across_tokens_never_leaks(engine: LlamaEngine) -> None:
+    deltas, _ = await run(engine, "Once upon a time", max_tokens=32, temperature=0.0)
+    # Build a stop sequence from the end of one token's text and the start of the next.
+    k = next(
+        i for i in range(1, len(deltas) - 1) if len(deltas[i]) >= 2 and len(deltas[i + 1]) >= 2
+    )
+    stop = deltas[k][-2:] + deltas[k + 1][:2]
+    full = "".join(deltas)
+    expected = full[: full.index(stop)]
+
+    cut, finished = await run(
+        engine, "Once upon a time", max_tokens=32, temperature=0.0, stop=(stop,)
+    )
+    # Equality proves that not even the first half of the stop was ever streamed.
+    assert "".join(cut) == expected
+    assert finished.reason == "stop"
+
+
+async def test_closing_a_generation_early_frees_the_engine(engine: LlamaEngine) -> None:
+    tokens = await engine.tokenize("Tell me a long story")
+    stream = engine.generate(tokens, SamplingParams(max_tokens=200, temperature=0.0))
+    async for event in stream:
+        assert isinstance(event, TextDelta)
+        break
+    await stream.aclose()  # type: ignore[attr-defined]
+    _, finished = await run(engine, "Hello", max_tokens=4, temperature=0.0)
+    assert finished.completion_tokens == 4
+
+
+async def test_a_file_that_is_not_gguf_is_refused_by_name(tmp_path: Path) -> None:
+    bogus = tmp_path / "notes.gguf"
+    bogus.write_text("this is not a model")
+    with pytest.raises(ModelUnavailable, match=r"notes\.gguf is not a GGUF file"):
+        await LlamaEngine.load(bogus, context_size=256)
+
+
+async def test_a_truncated_gguf_is_refused_by_name(tmp_path: Path, model_file: Path) -> None:
+    truncated = tmp_path / "truncated.gguf"
+    with model_file.open("rb") as f:
+        truncated.write_bytes(f.read(4_000_000))
+    with pytest.raises(ModelUnavailable, match=r"truncated\.gguf; it may be truncated"):
+        await LlamaEngine.load(truncated, context_size=256)

@@ -1,0 +1,54 @@
+"""A scripted engine for tests of the code above the engine."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+
+from app.inference.engine import Finished, GenerationEvent, SamplingParams, TextDelta
+from app.inference.text import StopMatcher
+
+
+class FakeEngine:
+    """Tokenizes on whitespace and 'generates' a fixed list of words, honouring max_tokens/stop."""
+
+    def __init__(
+        self, words: Sequence[str] = ("one", "two", "three", "four"), context_size: int = 64
+    ):
+        self.words = list(words)
+        self._context_size = context_size
+        self.calls: list[tuple[list[int], SamplingParams]] = []
+        self.closed = False
+
+    @property
+    def context_size(self) -> int:
+        return self._context_size
+
+    async def tokenize(self, text: str) -> list[int]:
+        return [len(word) for word in text.split()]
+
+    async def generate(
+        self, prompt_tokens: Sequence[int], params: SamplingParams
+    ) -> AsyncIterator[GenerationEvent]:
+        self.calls.append((list(prompt_tokens), params))
+        budget = min(params.max_tokens, self._context_size - len(prompt_tokens))
+        stops = StopMatcher(params.stop)
+        count, hit = 0, False
+        for word in self.words:  # running out of words stands for the model's end-of-text
+            if hit or count >= budget:
+                break
+            await asyncio.sleep(0)
+            count += 1
+            text, hit = stops.feed(" " + word)
+            if text:
+                yield TextDelta(text)
+        if not hit and (tail := stops.flush()):
+            yield TextDelta(tail)
+        yield Finished(
+            reason="stop" if hit or count < budget else "length",
+            prompt_tokens=len(prompt_tokens),
+            completion_tokens=count,
+        )
+
+    async def close(self) -> None:
+        self.closed = True

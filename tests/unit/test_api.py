@@ -1,0 +1,304 @@
+"""The HTTP surface over a fake engine: shapes, defaults, and OpenAI-style errors."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from app.factory import create_app
+from app.settings import Settings
+from tests.unit.fakes import FakeEngine
+
+MODEL = "tinyllama-1.1b"
+
+
+@pytest.fixture
+def engine() -> FakeEngine:
+    return FakeEngine()
+
+
+@pytest.fixture
+async def client(engine: FakeEngine) -> AsyncIterator[AsyncTestClient[Any]]:
+    settings = Settings.from_mapping({"APP_MAX_LENGTH": "3", "APP_TEMPERATURE": "0.5"})
+    async with AsyncTestClient(app=create_app(settings, engine=engine)) as client:
+        yield client
+
+
+def assert_openai_error(
+    body: dict[str, Any], *, param: str | None, code: str | None = None
+) -> None:
+    assert set(body) == {"error"}
+    error = body["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"]
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == param
+    assert error["code"] == code
+
+
+async def test_completion_has_openai_shape_and_honest_usage(
+    client: AsyncTestClient[Any], engine: FakeEngine
+) -> None:
+    response = await client.post(
+        "/v1/completions", json={"model": MODEL, "prompt": "count to four", "max_tokens": 10}
+    )
+    assert response.status_code == 200
+    body = response.json()
+    assert body["id"].startswith("cmpl-")
+    assert body["object"] == "text_completion"
+    assert isinstance(body["created"], int)
+    assert body["model"] == MODEL
+    assert body["choices"] == [
+        {"text": " one two three four", "index": 0, "logprobs": None, "finish_reason": "stop"}
+    ]
+    assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+
+
+async def test_server_defaults_apply_when_the_request_omits_them(
+    client: AsyncTestClient[Any], engine: FakeEngine
+) -> None:
+    response = await client.post("/v1/completions", json={"model": MODEL, "prompt": "hi"})
+    assert response.json()["choices"][0] == {
+        "text": " one two three",
+        "index": 0,
+        "logprobs": None,
+        "finish_reason": "length",
+    }
+    params = engine.calls[0][1]
+    assert (params.max_tokens, params.temperature, params.top_p) == (3, 0.5, 1.0)
+
+
+async def test_request_parameters_reach_the_engine(
+    client: AsyncTestClient[Any], engine: FakeEngine
+) -> None:
+    await client.post(
+        "/v1/completions",
+        json={
+            "model": MODEL,
+            "prompt": "hi",
+            "max_tokens": 7,
+            "temperature": 0,
+            "top_p": 0.9,
+            "seed": 42,
+            "stop": "three",
+            "presence_penalty": 0.5,
+            "user": "someone",
+            "some_future_openai_field": True,
+        },
+    )
+    params = engine.calls[0][1]
+    assert (params.max_tokens, params.temperature, params.top_p, params.seed) == (7, 0, 0.9, 42)
+    assert params.stop == ("three",)
+    assert params.presence_penalty == 0.5
+
+
+async def test_stop_text_is_not_returned(client: AsyncTestClient[Any]) -> None:
+    response = await client.post(
+        "/v1/completions",
+        json={"model": MODEL, "prompt": "hi", "max_tokens": 10, "stop": [" three", "zzz"]},
+    )
+    choice = response.json()["choices"][0]
+    assert (choice["text"], choice["finish_reason"]) == (" one two", "stop")
+
+
+async def test_a_list_of_prompts_gets_one_choice_each_in_order(
+    client: AsyncTestClient[Any],
+) -> None:
+    response = await client.post(
+        "/v1/completions",
+        json={"model": MODEL, "prompt": ["a", "b c", "d e f"], "max_tokens": 1},
+    )
+    body = response.json()
+    assert [c["index"] for c in body["choices"]] == [0, 1, 2]
+    assert body["usage"] == {"prompt_tokens": 6, "completion_tokens": 3, "total_tokens": 9}
+
+
+async def test_n_gives_distinct_seeds_per_choice(
+    client: AsyncTestClient[Any], engine: FakeEngine
+) -> None:
+    response = await client.post(
+        "/v1/completions", json={"model": MODEL, "prompt": "x", "n": 3, "seed": 10}
+    )
+    assert len(response.json()["choices"]) == 3
+    assert sorted(params.seed for _, params in engine.calls) == [10, 11, 12]
+
+
+async def test_models_lists_the_served_model(client: AsyncTestClient[Any]) -> None:
+    body = (await client.get("/v1/models")).json()
+    assert body["object"] == "list"
+    assert [(m["id"], m["object"], m["owned_by"]) for m in body["data"]] == [
+        (MODEL, "model", "llm-service")
+    ]
+    assert isinstance(body["data"][0]["created"], int)
+
+
+async def test_health_is_ok_when_the_engine_is_ready(client: AsyncTestClient[Any]) -> None:
+    response = await client.get("/health")
+    assert response.status_code == 200
+    assert response.json()["status"] == "ok"
+
+
+async def test_unknown_model_is_404_model_not_found(client: AsyncTestClient[Any]) -> None:
+    response = await client.post("/v1/completions", json={"model": "gpt-4", "prompt": "hi"})
+    assert response.status_code == 404
+    assert_openai_error(response.json(), param="model", code="model_not_found")
+    assert "gpt-4" in response.json()["error"]["message"]
+
+
+async def test_prompt_longer_than_the_context_is_refused_with_both_numbers(
+    client: AsyncTestClient[Any], engine: FakeEngine
+) -> None:
+    response = await client.post(
+        "/v1/completions", json={"model": MODEL, "prompt": "word " * 80, "max_tokens": 1}
+    )
+    assert response.status_code == 400
+    body = response.json()
+    assert_openai_error(body, param="prompt", code="context_length_exceeded")
+    assert "64" in body["error"]["message"]
+    assert "80" in body["error"]["message"]
+    assert engine.calls == [], "nothing may be generated for a refused request"
+
+
+async def test_one_oversized_prompt_in_a_list_refuses_the_whole_request(
+    client: AsyncTestClient[Any], engine: FakeEngine
+) -> None:
+    response = await client.post(
+        "/v1/completions", json={"model": MODEL, "prompt": ["fine", "word " * 80]}
+    )
+    assert response.status_code == 400
+    assert engine.calls == []
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": MODEL, "prompt": "hi", "max_tokens": "ten"}, "max_tokens"),
+        ({"model": MODEL, "prompt": "hi", "max_tokens": 0}, "max_tokens"),
+        ({"model": MODEL, "prompt": "hi", "max_tokens": -1}, "max_tokens"),
+        ({"model": MODEL, "prompt": "hi", "temperature": 2.5}, "temperature"),
+        ({"model": MODEL, "prompt": "hi", "temperature": "hot"}, "temperature"),
+        ({"model": MODEL, "prompt": "hi", "top_p": 1.5}, "top_p"),
+        ({"model": MODEL, "prompt": "hi", "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"model": MODEL, "prompt": "hi", "stop": [1]}, "stop[0]"),
+        ({"model": MODEL, "prompt": "hi", "seed": 2**70}, "seed"),
+        ({"model": MODEL, "prompt": "hi", "seed": 1.5}, "seed"),
+        ({"model": MODEL, "prompt": "hi", "n": 0}, "n"),
+        ({"model": MODEL, "prompt": "hi", "n": 100}, "n"),
+        ({"model": MODEL, "prompt": 42}, "prompt"),
+        ({"model": MODEL, "prompt": []}, "prompt"),
+        ({"model": MODEL, "prompt": ""}, "prompt"),
+        ({"model": MODEL}, "prompt"),
+        ({"prompt": "hi"}, "model"),
+        ({"model": MODEL, "prompt": "hi", "stream": True}, "stream"),
+        ({"model": MODEL, "prompt": "hi", "echo": True}, "echo"),
+        ({"model": MODEL, "prompt": "hi", "suffix": "end"}, "suffix"),
+        ({"model": MODEL, "prompt": "hi", "logprobs": 2}, "logprobs"),
+        ({"model": MODEL, "prompt": "hi", "logit_bias": {"50256": -100}}, "logit_bias"),
+        ({"model": MODEL, "prompt": "hi", "best_of": 3}, "best_of"),
+    ],
+)
+async def test_bad_fields_are_a_400_naming_the_field(
+    client: AsyncTestClient[Any], body: dict[str, Any], param: str
+) -> None:
+    response = await client.post("/v1/completions", json=body)
+    assert response.status_code == 400, response.text
+    assert_openai_error(response.json(), param=param)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"{not json", b"[1, 2]", b"null", b'"text"', b"\xff\xfe", b""],
+)
+async def test_malformed_bodies_are_a_400(client: AsyncTestClient[Any], content: bytes) -> None:
+    response = await client.post(
+        "/v1/completions", content=content, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 400, response.text
+    assert_openai_error(response.json(), param=None)
+
+
+async def test_unknown_route_and_wrong_method_are_openai_errors(
+    client: AsyncTestClient[Any],
+) -> None:
+    missing = await client.get("/v1/nothing-here")
+    assert missing.status_code == 404
+    assert_openai_error(missing.json(), param=None)
+    wrong = await client.delete("/v1/models")
+    assert wrong.status_code == 405
+    assert_openai_error(wrong.json(), param=None)
+
+
+async def test_docs_and_schema_are_served(client: AsyncTestClient[Any]) -> None:
+    for path in ("/docs", "/redoc"):
+        response = await client.get(path)
+        assert response.status_code == 200
+        assert "text/html" in response.headers["content-type"]
+    schema = (await client.get("/openapi.json")).json()
+    operations = {
+        (path, method): op for path, item in schema["paths"].items() for method, op in item.items()
+    }
+    assert set(operations) >= {
+        ("/v1/completions", "post"),
+        ("/v1/models", "get"),
+        ("/health", "get"),
+    }
+    for op in operations.values():
+        assert op.get("summary"), op
+    completions = operations[("/v1/completions", "post")]
+    assert "requestBody" in completions
+    assert {"200", "400", "404", "503"} <= set(completions["responses"])
+
+
+async def wait_for_status(client: AsyncTestClient[Any], status: str) -> dict[str, Any]:
+    for _ in range(500):
+        body: dict[str, Any] = (await client.get("/health")).json()
+        if body["status"] == status:
+            return body
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"health never reported {status!r}")
+
+
+async def test_health_reports_each_state_until_ready(tmp_path: Path) -> None:
+    release = threading.Event()
+
+    async def slow_loader(path: Path, settings: Settings) -> FakeEngine:
+        await asyncio.to_thread(release.wait, 10)
+        return FakeEngine()
+
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"GGUF")
+    settings = Settings.from_mapping({"APP_MODEL_PATH": str(model)})
+    async with AsyncTestClient(app=create_app(settings, engine_loader=slow_loader)) as client:
+        await wait_for_status(client, "loading")
+        assert (await client.get("/health")).status_code == 503
+        waiting = await client.post("/v1/completions", json={"model": MODEL, "prompt": "hi"})
+        assert waiting.status_code == 503
+        assert waiting.json()["error"]["code"] == "model_not_ready"
+        assert waiting.headers["retry-after"]
+        release.set()
+        await wait_for_status(client, "ok")
+        assert (await client.get("/health")).status_code == 200
+
+
+async def test_health_reports_a_failed_model_with_the_reason(tmp_path: Path) -> None:
+    settings = Settings.from_mapping({"APP_MODEL_PATH": str(tmp_path / "missing.gguf")})
+    async with AsyncTestClient(app=create_app(settings)) as client:
+        await wait_for_status(client, "failed")
+        response = await client.get("/health")
+        assert response.status_code == 503
+        body = response.json()
+        assert body["status"] == "failed"
+        assert "missing.gguf" in body["error"]
+        assert "APP_MODEL_PATH" in body["error"]
+
+
+async def test_closing_the_app_closes_the_engine(engine: FakeEngine) -> None:
+    async with AsyncTestClient(app=create_app(Settings.from_mapping({}), engine=engine)):
+        pass
+    assert engine.closed
