@@ -34,8 +34,10 @@ llama_wheel() {
     if ! compgen -G "$dir/llama_cpp_python-*.whl" >/dev/null; then
         log "building llama-cpp-python $LLAMA_CPP_VERSION from source (a few minutes, once)"
         mkdir -p "$dir.tmp"
+        # --no-cache-dir: pip's own wheel cache is keyed on the sdist, not on CMAKE_ARGS, and
+        # could hand back a wheel built natively (with AMX) by some earlier install.
         CMAKE_ARGS="$LLAMA_CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" FORCE_CMAKE=1 \
-            "$PYTHON_BIN" -m pip wheel --quiet --no-deps --no-binary llama-cpp-python \
+            "$PYTHON_BIN" -m pip wheel --quiet --no-cache-dir --no-deps --no-binary llama-cpp-python \
             --wheel-dir "$dir.tmp" "llama-cpp-python==$LLAMA_CPP_VERSION" >&2
         rm -rf "$dir" && mv "$dir.tmp" "$dir"
     fi
