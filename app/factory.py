@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
 
 from app import __version__
 from app.errors import exception_handlers
@@ -19,6 +18,7 @@ from app.openai.controllers import OpenAIController
 from app.openai.protocol import SamplingDefaults
 from app.openai.serving import OpenAIService
 from app.settings import Settings
+from app.system.docs import RENDER_PLUGINS, SCHEMA_PATH, docs_handlers
 from app.system.health import health
 
 OWNED_BY = "llm-service"
@@ -58,7 +58,7 @@ def create_app(
             await host.close()
 
     app = Litestar(
-        route_handlers=[health, OpenAIController],
+        route_handlers=[health, OpenAIController, *docs_handlers],
         dependencies={
             "host": Provide(lambda: host, sync_to_thread=False),
             "service": Provide(lambda: service, sync_to_thread=False),
@@ -72,11 +72,8 @@ def create_app(
                 "A self-hosted, OpenAI-compatible text generation service on llama.cpp. Point "
                 "the `openai` SDK's `base_url` at `/v1`."
             ),
-            path="/",
-            render_plugins=[
-                SwaggerRenderPlugin(path="/docs"),
-                RedocRenderPlugin(path="/redoc"),
-            ],
+            path=SCHEMA_PATH,
+            render_plugins=list(RENDER_PLUGINS),
         ),
         logging_config=None,
     )

@@ -21,8 +21,10 @@ TopP = Annotated[float, Meta(ge=0, le=1, description="Nucleus sampling mass, 0 t
 Penalty = Annotated[float, Meta(ge=-2, le=2)]
 StopText = Annotated[str, Meta(min_length=1, max_length=256)]
 
-MAX_CHOICES = 16
+MAX_N = 16
 MAX_PROMPTS = 64
+# Prompts times n: each choice is one generation, and they share one engine.
+MAX_CHOICES_PER_REQUEST = 64
 
 
 class SamplingDefaults(msgspec.Struct, frozen=True):
@@ -55,7 +57,7 @@ class CompletionRequest(msgspec.Struct, kw_only=True):
         ]
         | None
     ) = None
-    n: Annotated[int, Meta(ge=1, le=MAX_CHOICES)] | None = None
+    n: Annotated[int, Meta(ge=1, le=MAX_N)] | None = None
     presence_penalty: Penalty | None = None
     seed: (
         Annotated[

@@ -10,6 +10,7 @@ from app.errors import ContextLengthExceeded, InvalidRequest
 from app.inference.engine import Engine, Finished, SamplingParams, TextDelta
 from app.inference.host import ModelHost
 from app.openai.protocol import (
+    MAX_CHOICES_PER_REQUEST,
     CompletionChoice,
     CompletionRequest,
     CompletionResponse,
@@ -46,12 +47,21 @@ class OpenAIService:
             _check_fits(tokens, engine.context_size)
 
         n = request.n or 1
-        runs = [
-            _complete(engine, tokens, _choice_params(params, j))
-            for tokens in prompts
-            for j in range(n)
-        ]
-        results = await asyncio.gather(*runs)
+        if n * len(prompts) > MAX_CHOICES_PER_REQUEST:
+            raise InvalidRequest(
+                f"At most {MAX_CHOICES_PER_REQUEST} choices per request; {len(prompts)} prompts "
+                f"times n={n} is more.",
+                param="n",
+            )
+        # A TaskGroup cancels the sibling generations (freeing the engine) if one fails or the
+        # client goes away.
+        async with asyncio.TaskGroup() as group:
+            runs = [
+                group.create_task(_complete(engine, tokens, _choice_params(params, j)))
+                for tokens in prompts
+                for j in range(n)
+            ]
+        results = [run.result() for run in runs]
         choices = [
             CompletionChoice(text=text, index=i, finish_reason=finished.reason)
             for i, (text, finished) in enumerate(results)

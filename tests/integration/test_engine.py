@@ -48,7 +48,7 @@ async def test_greedy_decoding_is_repeatable(engine: LlamaEngine) -> None:
 
 
 async def test_the_same_seed_gives_the_same_text(engine: LlamaEngine) -> None:
-    texts = {}
+    texts: dict[int, list[str]] = {}
     for seed in (1, 1, 2, 3):
         deltas, _ = await run(
             engine, "Write a word:", max_tokens=24, temperature=1.0, seed=seed, top_k=0, min_p=0.0

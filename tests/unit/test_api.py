@@ -126,7 +126,18 @@ async def test_n_gives_distinct_seeds_per_choice(
         "/v1/completions", json={"model": MODEL, "prompt": "x", "n": 3, "seed": 10}
     )
     assert len(response.json()["choices"]) == 3
-    assert sorted(params.seed for _, params in engine.calls) == [10, 11, 12]
+    assert sorted(params.seed or 0 for _, params in engine.calls) == [10, 11, 12]
+
+
+async def test_too_many_choices_in_one_request_are_refused(
+    client: AsyncTestClient[Any], engine: FakeEngine
+) -> None:
+    response = await client.post(
+        "/v1/completions", json={"model": MODEL, "prompt": ["a"] * 5, "n": 16}
+    )
+    assert response.status_code == 400
+    assert_openai_error(response.json(), param="n")
+    assert engine.calls == []
 
 
 async def test_models_lists_the_served_model(client: AsyncTestClient[Any]) -> None:
@@ -226,9 +237,12 @@ async def test_malformed_bodies_are_a_400(client: AsyncTestClient[Any], content:
 async def test_unknown_route_and_wrong_method_are_openai_errors(
     client: AsyncTestClient[Any],
 ) -> None:
-    missing = await client.get("/v1/nothing-here")
-    assert missing.status_code == 404
-    assert_openai_error(missing.json(), param=None)
+    for path in ("/v1/nothing-here", "/completions", "/favicon.ico", "/docs/extra"):
+        missing = await client.get(path)
+        assert missing.status_code == 404, path
+        assert_openai_error(missing.json(), param=None)
+    misrouted = await client.post("/completions", json={"model": MODEL, "prompt": "hi"})
+    assert misrouted.status_code == 404
     wrong = await client.delete("/v1/models")
     assert wrong.status_code == 405
     assert_openai_error(wrong.json(), param=None)
@@ -239,7 +253,11 @@ async def test_docs_and_schema_are_served(client: AsyncTestClient[Any]) -> None:
         response = await client.get(path)
         assert response.status_code == 200
         assert "text/html" in response.headers["content-type"]
+    root = await client.get("/", follow_redirects=False)
+    assert root.status_code in (301, 302, 307, 308)
+    assert root.headers["location"] == "/docs"
     schema = (await client.get("/openapi.json")).json()
+    assert schema["info"]["title"] == "llm-service"
     operations = {
         (path, method): op for path, item in schema["paths"].items() for method, op in item.items()
     }

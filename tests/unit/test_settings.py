@@ -112,5 +112,5 @@ def test_env_example_documents_every_setting_with_the_same_text() -> None:
         )
 
 
-def test_env_example_is_a_valid_configuration(tmp_path: Path) -> None:
+def test_env_example_is_a_valid_configuration() -> None:
     Settings.from_env({}, env_file=ROOT / ".env.example")
