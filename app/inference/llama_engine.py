@@ -40,6 +40,9 @@ class LlamaEngine:
     def __init__(self, llama: llama_cpp.Llama, executor: ThreadPoolExecutor) -> None:
         self._llama = llama
         self._executor = executor
+        self._context_size = int(llama.n_ctx())
+        # llama-cpp-python exposes no public end-of-generation test; its own completion code
+        # uses the vocabulary handle the same way.
         self._vocab = llama._model.vocab
 
     @classmethod
@@ -63,7 +66,7 @@ class LlamaEngine:
 
     @property
     def context_size(self) -> int:
-        return int(self._llama.n_ctx())
+        return self._context_size
 
     async def tokenize(self, text: str) -> list[int]:
         # Tokenizing only reads the vocabulary, so it may run beside a generation.
