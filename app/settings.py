@@ -24,8 +24,12 @@ _ENV_NAMES = {
     "huggingface_token": "HUGGINGFACE_TOKEN",
     "context_size": "APP_CONTEXT_SIZE",
 }
+# Account rules, shared with the accounts package so settings and API agree.
+USERNAME_PATTERN = r"^[A-Za-z0-9_.-]{3,64}$"
+MIN_PASSWORD, MAX_PASSWORD = 8, 256
+
 # Settings whose values must never be echoed back, not even in an error message.
-_SECRETS = frozenset({"JWT_SECRET_KEY", "HUGGINGFACE_TOKEN"})
+_SECRETS = frozenset({"JWT_SECRET_KEY", "HUGGINGFACE_TOKEN", "APP_ADMIN_PASSWORD"})
 # Other variable names that also set a field, tried in order when the main one is unset.
 _ENV_FALLBACKS = {"huggingface_token": ("HF_TOKEN",)}
 
@@ -109,9 +113,45 @@ class Settings(
         ),
     ] = 0.7
 
+    data_dir: Annotated[
+        str,
+        Meta(
+            min_length=1,
+            description="Directory for the user database and the generated JWT secret.",
+        ),
+    ] = "./data"
+    registration: Annotated[
+        Literal["open", "closed"],
+        Meta(description="open: anyone may POST /register; closed: only admins create users."),
+    ] = "open"
+    admin_username: Annotated[
+        str,
+        Meta(
+            pattern=USERNAME_PATTERN,
+            description="Admin account created on first start when no admin exists.",
+        ),
+    ] = "admin"
+    admin_password: Annotated[
+        Annotated[str, Meta(min_length=MIN_PASSWORD, max_length=MAX_PASSWORD)] | None,
+        Meta(description="Password for APP_ADMIN_USERNAME; empty means generate one, logged once."),
+    ] = None
+    login_max_failures: Annotated[
+        int,
+        Meta(ge=1, description="Failed logins per username or client address before a pause."),
+    ] = 5
+    login_lockout_seconds: Annotated[
+        int,
+        Meta(
+            ge=1, le=86_400, description="Seconds that failures are remembered and a pause lasts."
+        ),
+    ] = 300
+
     jwt_secret_key: Annotated[
         Annotated[str, Meta(min_length=32)] | None,
-        Meta(description="Secret that signs access tokens (at least 32 characters)."),
+        Meta(
+            description="Secret that signs access tokens (32+ bytes, 64 for HS512); empty means "
+            "generate one and keep it in APP_DATA_DIR."
+        ),
     ] = None
     algorithm: Annotated[
         Literal["HS256", "HS384", "HS512"],
