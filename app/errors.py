@@ -97,16 +97,74 @@ class ModelNotReady(ServiceError):
         return {"Retry-After": "5"}
 
 
+class NotAuthenticated(ServiceError):
+    """No valid credentials: missing, wrong, expired, revoked, or for a disabled account."""
+
+    status_code = 401
+    error_type = "authentication_error"
+    code = "invalid_api_key"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class InvalidCredentials(NotAuthenticated):
+    """A login with a wrong username or password (which of the two is never said)."""
+
+    code = "invalid_credentials"
+
+    def __init__(self) -> None:
+        super().__init__("Incorrect username or password.")
+
+
+class PermissionDenied(ServiceError):
+    """Valid credentials, but not for this."""
+
+    status_code = 403
+    error_type = "permission_error"
+
+
+class NotFound(ServiceError):
+    """The named object (a user, an API key) does not exist, or is not the caller's."""
+
+    status_code = 404
+    code = "not_found"
+
+
+class Conflict(ServiceError):
+    """The request clashes with what exists, such as a username already taken."""
+
+    status_code = 409
+    code = "conflict"
+
+
+class TooManyAttempts(ServiceError):
+    """Too many failed logins for one username or client address; retry later."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+    code = "too_many_login_attempts"
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"Too many failed logins. Try again in {retry_after} seconds.")
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
 class ModelUnavailable(Exception):
     """The model file cannot be obtained or loaded; stops the start with this one sentence."""
 
 
 _RESPONSE_DESCRIPTIONS = {
     400: "Invalid request: the message and `param` name the offending field.",
-    401: "Missing or invalid credentials.",
+    401: "Missing, invalid or expired credentials (`WWW-Authenticate: Bearer`).",
+    403: "Valid credentials without the right to do this.",
+    409: "The username is taken.",
     404: "Unknown model (`model_not_found`).",
     413: "The request body is too large.",
-    429: "Too many requests; retry after `Retry-After` seconds.",
+    429: "Too many requests or failed logins; retry after `Retry-After` seconds.",
     503: "The model is still downloading or loading; retry after `Retry-After` seconds.",
 }
 
@@ -195,13 +253,16 @@ def _field_from_key(key: Any) -> str | None:
 
 def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorResponse]:
     status = exc.status_code
+    headers = dict(exc.headers or {})
+    if status == 401:
+        headers.setdefault("WWW-Authenticate", "Bearer")
+    fallback = "invalid_request_error" if status < 500 else "server_error"
     return error_response(
         status,
         exc.detail,
-        error_type=_HTTP_ERROR_TYPES.get(
-            status, "invalid_request_error" if status < 500 else "server_error"
-        ),
-        headers=exc.headers,
+        error_type=_HTTP_ERROR_TYPES.get(status, fallback),
+        code="invalid_api_key" if status == 401 else None,
+        headers=headers or None,
     )
 
 

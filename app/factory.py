@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
 from app import __version__
+from app.accounts.controllers import AdminController, AuthController, MeController
+from app.accounts.passwords import Passwords
+from app.accounts.security import LoginThrottle, bearer_auth, resolve_jwt_secret
+from app.accounts.service import AccountService
+from app.accounts.store import AccountStore
+from app.db import Database
 from app.errors import exception_handlers
 from app.inference.engine import Engine
 from app.inference.host import EngineLoader, ModelHost, load_llama_engine
@@ -21,7 +29,34 @@ from app.settings import Settings
 from app.system.docs import RENDER_PLUGINS, SCHEMA_PATH, docs_handlers
 from app.system.health import health
 
+logger = logging.getLogger(__name__)
+
 OWNED_BY = "llm-service"
+
+
+def database_path(settings: Settings) -> Path:
+    """Where the user database lives."""
+    return Path(settings.data_dir) / "app.db"
+
+
+def account_service(settings: Settings, db: Database) -> AccountService:
+    """The accounts service over ``db``, as configured."""
+    return AccountService(
+        AccountStore(db), Passwords(), registration_open=settings.registration == "open"
+    )
+
+
+async def prepare_accounts(settings: Settings, accounts: AccountService) -> None:
+    """Creates the first admin if there is none, logging a generated password once."""
+    generated = await accounts.ensure_admin(settings.admin_username, settings.admin_password)
+    if generated is not None:
+        logger.warning(
+            "created the admin user %r with the password %s (shown only this once; change it "
+            "with POST /users/me/password or 'python -m app users passwd %s')",
+            settings.admin_username,
+            generated,
+            settings.admin_username,
+        )
 
 
 def create_app(
@@ -37,6 +72,9 @@ def create_app(
         engine: An already loaded engine to serve instead of fetching and loading the model
             (tests above the engine pass a fake one).
         engine_loader: Loads the engine once the model file is at hand (default: llama.cpp).
+
+    Raises:
+        ConfigError: ``JWT_SECRET_KEY`` (or the stored secret) is unusable.
     """
     host = ModelHost(settings, engine=engine, loader=engine_loader)
     service = OpenAIService(
@@ -44,6 +82,20 @@ def create_app(
         SamplingDefaults(max_tokens=settings.max_length, temperature=settings.temperature),
         owned_by=OWNED_BY,
     )
+    db = Database(database_path(settings))
+    accounts = account_service(settings, db)
+    # Litestar's own documentation router (the pages behind /docs and /redoc) is public too.
+    auth = bearer_auth(settings, resolve_jwt_secret(settings), public_paths=[f"^{SCHEMA_PATH}/"])
+    login_throttle = LoginThrottle(settings.login_max_failures, settings.login_lockout_seconds)
+
+    @contextlib.asynccontextmanager
+    async def database_lifespan(_: Litestar) -> AsyncIterator[None]:
+        await db.open()
+        try:
+            await prepare_accounts(settings, accounts)
+            yield
+        finally:
+            await db.close()
 
     @contextlib.asynccontextmanager
     async def model_lifespan(_: Litestar) -> AsyncIterator[None]:
@@ -58,19 +110,31 @@ def create_app(
             await host.close()
 
     app = Litestar(
-        route_handlers=[health, OpenAIController, *docs_handlers],
+        route_handlers=[
+            health,
+            OpenAIController,
+            AuthController,
+            MeController,
+            AdminController,
+            *docs_handlers,
+        ],
         dependencies={
             "host": Provide(lambda: host, sync_to_thread=False),
             "service": Provide(lambda: service, sync_to_thread=False),
+            "accounts": Provide(lambda: accounts, sync_to_thread=False),
+            "auth": Provide(lambda: auth, sync_to_thread=False),
+            "login_throttle": Provide(lambda: login_throttle, sync_to_thread=False),
         },
-        lifespan=[model_lifespan],
+        on_app_init=[auth.on_app_init],
+        lifespan=[database_lifespan, model_lifespan],
         exception_handlers=exception_handlers,
         openapi_config=OpenAPIConfig(
             title="llm-service",
             version=__version__,
             description=(
                 "A self-hosted, OpenAI-compatible text generation service on llama.cpp. Point "
-                "the `openai` SDK's `base_url` at `/v1`."
+                "the `openai` SDK's `base_url` at `/v1` and use an API key from "
+                "`POST /users/me/api-keys` (or an access token from `POST /token`) as its key."
             ),
             path=SCHEMA_PATH,
             render_plugins=list(RENDER_PLUGINS),
@@ -78,4 +142,6 @@ def create_app(
         logging_config=None,
     )
     app.state.host = host
+    # The auth middleware looks users up through this (Litestar's documented pattern).
+    app.state.accounts = accounts
     return app

@@ -10,6 +10,7 @@ from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import SkipValidation
 
+from app.accounts.security import PUBLIC
 from app.inference.host import ModelHost, ModelState
 
 
@@ -31,6 +32,7 @@ class Health(msgspec.Struct, kw_only=True):
     summary="Health and readiness",
     description="200 with `status: ok` once the model is loaded; 503 with the state until then.",
     tags=["System"],
+    opt={PUBLIC: True},
     responses={503: ResponseSpec(data_container=Health, description="Not ready yet.")},
 )
 async def health(host: NamedDependency[SkipValidation[ModelHost]]) -> Response[Health]:

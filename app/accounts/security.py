@@ -1,0 +1,208 @@
+"""Who is calling: the JWT secret, Litestar's OAuth2 bearer auth with API keys, login throttling.
+
+Litestar's ``OAuth2PasswordBearerAuth`` signs and checks tokens (pyjwt, one algorithm only, so
+``alg: none`` and algorithm swaps are refused) and documents the password flow for Swagger's
+Authorize button. Its default middleware also reads tokens from a cookie, which would let any web
+page a logged-in browser visits make requests on the user's behalf; ours reads only the
+``Authorization: Bearer`` header, where it also accepts API keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+from collections import deque
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from litestar.connection import ASGIConnection
+from litestar.exceptions import NotAuthorizedException
+from litestar.handlers.base import BaseRouteHandler
+from litestar.middleware import AuthenticationResult
+from litestar.security.jwt import JWTAuthenticationMiddleware, OAuth2PasswordBearerAuth, Token
+
+from app.accounts.models import User
+from app.accounts.service import API_KEY_PREFIX, AccountService
+from app.errors import NotAuthenticated, PermissionDenied, TooManyAttempts
+from app.settings import ConfigError, Settings
+
+logger = logging.getLogger(__name__)
+
+PUBLIC = "public"
+"""Route ``opt`` key that marks a handler as needing no credentials."""
+
+# Sample secrets from well-known tutorials and templates: anyone can sign tokens with them.
+_PUBLISHED_SECRETS = frozenset(
+    {
+        "09d25e094faa6ca2556c818166b7a9563b93f7099f6f0f4caa6cf63b88e8d3e7",
+        "your-secret-key-here-change-in-production",
+        "change-this-to-a-long-random-secret-key",
+    }
+)
+# RFC 7518 section 3.2: an HMAC key at least as long as the hash output.
+_MIN_SECRET_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
+_SECRET_FILE = "jwt_secret"  # noqa: S105 - a file name
+
+
+def resolve_jwt_secret(settings: Settings) -> str:
+    """``JWT_SECRET_KEY``, or a generated one kept in the data directory (mode 0600).
+
+    Raises ``ConfigError`` for a secret anyone could know.
+    """
+    configured = settings.jwt_secret_key
+    if configured is not None:
+        if configured in _PUBLISHED_SECRETS or len(set(configured)) < 8:
+            raise ConfigError(
+                "JWT_SECRET_KEY is a published sample or trivially guessable value; anyone could "
+                "sign tokens with it. Set a random one (python -c 'import secrets; "
+                "print(secrets.token_urlsafe(48))') or leave it empty to have one generated."
+            )
+        minimum = _MIN_SECRET_BYTES[settings.algorithm]
+        if len(configured.encode()) < minimum:
+            raise ConfigError(
+                f"JWT_SECRET_KEY must be at least {minimum} bytes long for {settings.algorithm} "
+                "(RFC 7518: no shorter than the hash)."
+            )
+        return configured
+    path = Path(settings.data_dir) / _SECRET_FILE
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        secret = path.read_text().strip()
+        if len(secret.encode()) < _MIN_SECRET_BYTES[settings.algorithm]:
+            raise ConfigError(
+                f"{path} holds a JWT secret too short for {settings.algorithm}; delete the file "
+                "to have a new one generated (existing tokens will stop working)."
+            ) from None
+        return secret
+    secret = secrets.token_urlsafe(64)  # 86 characters: enough for HS512
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    logger.info("generated a JWT secret in %s", path)
+    return secret
+
+
+class BearerAuthMiddleware(JWTAuthenticationMiddleware):
+    """Authenticates ``Authorization: Bearer <JWT or API key>``; nothing else is accepted."""
+
+    def __init__(self, *, auth_cookie_key: str, **kwargs: Any) -> None:
+        # OAuth2PasswordBearerAuth passes a cookie name; tokens are never read from cookies here.
+        super().__init__(**kwargs)
+
+    async def authenticate_request(
+        self, connection: ASGIConnection[Any, Any, Any, Any]
+    ) -> AuthenticationResult:
+        scheme, _, credential = connection.headers.get("Authorization", "").partition(" ")
+        credential = credential.strip()
+        if scheme.lower() != "bearer" or not credential:
+            raise NotAuthenticated(
+                "Missing credentials: send 'Authorization: Bearer <access token or API key>'."
+            )
+        if credential.startswith(API_KEY_PREFIX):
+            accounts: AccountService = connection.app.state.accounts
+            user = await accounts.user_for_api_key(credential)
+            if user is None:
+                raise NotAuthenticated("Invalid API key.")
+            return AuthenticationResult(user=user, auth=None)
+        try:
+            return await self.authenticate_token(credential, connection)
+        except NotAuthorizedException:
+            raise NotAuthenticated("Invalid or expired access token.") from None
+
+
+async def _user_for_token(
+    token: Token, connection: ASGIConnection[Any, Any, Any, Any]
+) -> User | None:
+    accounts: AccountService = connection.app.state.accounts
+    try:
+        user_id, version = int(token.sub), int(token.extras["ver"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return await accounts.user_for_token(user_id, version)
+
+
+def bearer_auth(
+    settings: Settings, secret: str, *, public_paths: list[str]
+) -> OAuth2PasswordBearerAuth[User, Token]:
+    """The auth configuration: every route needs credentials unless its ``opt`` marks it public
+    or its path matches one of the ``public_paths`` patterns."""
+    return OAuth2PasswordBearerAuth[User, Token](
+        token_url="/token",  # noqa: S106 - a route
+        token_secret=secret,
+        algorithm=settings.algorithm,
+        retrieve_user_handler=_user_for_token,
+        authentication_middleware_class=BearerAuthMiddleware,  # type: ignore[arg-type]
+        default_token_expiration=timedelta(minutes=settings.access_token_expire_minutes),
+        require_claims=["exp", "iat", "sub", "jti"],
+        exclude_opt_key=PUBLIC,
+        exclude=public_paths,
+        description=(
+            "An access token from POST /token (OAuth2 password flow), or an API key from "
+            "POST /users/me/api-keys, sent as `Authorization: Bearer ...`."
+        ),
+    )
+
+
+def issue_token(auth: OAuth2PasswordBearerAuth[User, Token], user: User) -> str:
+    """A signed access token for ``user``; revoked when the password changes or on disable."""
+    return auth.create_token(
+        identifier=str(user.id),
+        token_unique_jwt_id=secrets.token_hex(16),
+        token_extras={"ver": user.token_version},
+    )
+
+
+def admin_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Guard: the caller must be an admin."""
+    if not connection.user.is_admin:
+        raise PermissionDenied("This needs an admin account.")
+
+
+class LoginThrottle:
+    """Counts failed logins per key (a username, a client address) in a sliding window.
+
+    Once a key has ``max_failures`` in the window, its logins are refused until the oldest
+    failure leaves the window. Kept in memory: a restart forgets, which is acceptable for a
+    brake on guessing.
+    """
+
+    _MAX_KEYS = 100_000
+
+    def __init__(self, max_failures: int, window_seconds: int) -> None:
+        self._max = max_failures
+        self._window = window_seconds
+        self._failures: dict[str, deque[float]] = {}
+
+    def check(self, *keys: str) -> None:
+        """Raises ``TooManyAttempts`` if any key is paused."""
+        now = time.monotonic()
+        for key in keys:
+            failures = self._recent(key, now)
+            if len(failures) >= self._max:
+                raise TooManyAttempts(max(1, int(failures[0] + self._window - now) + 1))
+
+    def failed(self, *keys: str) -> None:
+        """Records a failed login for each key."""
+        now = time.monotonic()
+        if len(self._failures) >= self._MAX_KEYS:
+            self._forget_stale(now)
+        for key in keys:
+            self._failures.setdefault(key, deque(maxlen=self._max)).append(now)
+
+    def succeeded(self, key: str) -> None:
+        """A correct login clears that key's failures."""
+        self._failures.pop(key, None)
+
+    def _recent(self, key: str, now: float) -> deque[float]:
+        failures = self._failures.get(key, deque())
+        while failures and failures[0] <= now - self._window:
+            failures.popleft()
+        return failures
+
+    def _forget_stale(self, now: float) -> None:
+        for key in [k for k, v in self._failures.items() if not v or v[-1] <= now - self._window]:
+            del self._failures[key]
