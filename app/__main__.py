@@ -1,15 +1,23 @@
-"""Command line: ``python -m app serve`` (the default)."""
+"""Command line: ``python -m app serve`` (the default), ``check-config``, ``users ...``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import logging
 import sys
+import time
+from collections.abc import Awaitable, Callable
 
+import msgspec
 import uvicorn
 
-from app.factory import create_app
+from app.accounts.models import NewUser, UserUpdate
+from app.accounts.service import AccountService, AdminBootstrapError
+from app.db import Database, SchemaTooNew
+from app.errors import ServiceError
+from app.factory import account_service, create_app, database_path, prepare_accounts
 from app.inference.host import ModelHost, ModelState
 from app.settings import ConfigError, Settings
 
@@ -18,6 +26,22 @@ logger = logging.getLogger("app")
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the command named in ``argv``; returns the process exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        configure_logging(settings.log_level)
+        if args.command == "check-config":
+            print("configuration is valid")
+            return 0
+        if args.command == "users":
+            return asyncio.run(_users(settings, args))
+        return asyncio.run(serve(settings))
+    except (ConfigError, SchemaTooNew, AdminBootstrapError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m app",
         description="A self-hosted, OpenAI-compatible text generation service.",
@@ -27,18 +51,30 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser(
         "check-config", help="Validate the configuration from the environment and .env, then exit."
     )
-    args = parser.parse_args(argv)
-
-    try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    configure_logging(settings.log_level)
-    if args.command == "check-config":
-        print("configuration is valid")
-        return 0
-    return asyncio.run(serve(settings))
+    users = commands.add_parser(
+        "users", help="Manage accounts in the database under APP_DATA_DIR."
+    ).add_subparsers(dest="action", metavar="ACTION", required=True)
+    users.add_parser("list", help="List the users.")
+    for action, help_text in (
+        ("create", "Create a user (asks for the password, or reads it with --password-stdin)."),
+        ("passwd", "Set a user's password; ends their access tokens."),
+    ):
+        sub = users.add_parser(action, help=help_text)
+        sub.add_argument("username")
+        sub.add_argument(
+            "--password-stdin", action="store_true", help="Read the password from standard input."
+        )
+        if action == "create":
+            sub.add_argument("--admin", action="store_true", help="Make the user an admin.")
+    for action, help_text in (
+        ("disable", "Disable a user; ends their access tokens and refuses their API keys."),
+        ("enable", "Enable a disabled user."),
+        ("promote", "Make a user an admin."),
+        ("demote", "Take admin rights away from a user."),
+        ("delete", "Delete a user and their API keys."),
+    ):
+        users.add_parser(action, help=help_text).add_argument("username")
+    return parser
 
 
 def configure_logging(level: str) -> None:
@@ -58,6 +94,15 @@ def configure_logging(level: str) -> None:
 async def serve(settings: Settings) -> int:
     """Serves until interrupted; exits 1 if the model cannot be fetched or loaded."""
     app = create_app(settings)
+    # Migrate the database and create the first admin before the server starts, so a problem
+    # there is one sentence rather than a failed server startup.
+    db = Database(database_path(settings))
+    await db.open()
+    try:
+        await prepare_accounts(settings, account_service(settings, db))
+    finally:
+        await db.close()
+
     host: ModelHost = app.state.host
     server = uvicorn.Server(
         uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, lifespan="on")
@@ -74,6 +119,96 @@ async def serve(settings: Settings) -> int:
     finally:
         watcher.cancel()
     return 1 if host.state is ModelState.FAILED else 0
+
+
+async def _users(settings: Settings, args: argparse.Namespace) -> int:
+    db = Database(database_path(settings))
+    await db.open()
+    try:
+        accounts = account_service(settings, db)
+        await _USER_ACTIONS[args.action](accounts, args)
+        return 0
+    except ServiceError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    finally:
+        await db.close()
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    elif sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Password again: ") != password:
+            raise ConfigError("the two passwords differ")
+    else:
+        raise ConfigError("no terminal to ask for the password; use --password-stdin")
+    return password
+
+
+def _checked(struct: type[msgspec.Struct], **fields: object) -> msgspec.Struct:
+    """Applies the API's own rules (username pattern, password length) to command-line input."""
+    try:
+        return msgspec.convert(fields, struct)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(str(exc).replace("$.", "")) from None
+
+
+async def _list(accounts: AccountService, _: argparse.Namespace) -> None:
+    print(f"{'id':>4}  {'username':<24} {'admin':<6} {'disabled':<9} created")
+    for user in await accounts.users():
+        created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(user.created_at))
+        print(
+            f"{user.id:>4}  {user.username:<24} {'yes' if user.is_admin else 'no':<6} "
+            f"{'yes' if user.disabled else 'no':<9} {created} UTC"
+        )
+
+
+async def _create(accounts: AccountService, args: argparse.Namespace) -> None:
+    new = _checked(
+        NewUser, username=args.username, password=_read_password(args), is_admin=args.admin
+    )
+    assert isinstance(new, NewUser)
+    await accounts.create_user(new.username, new.password, is_admin=new.is_admin)
+    print(f"created {'admin' if new.is_admin else 'user'} {new.username}")
+
+
+async def _update(accounts: AccountService, username: str, update: UserUpdate, done: str) -> None:
+    await accounts.update_user(username, update)
+    print(f"{done} {username}")
+
+
+async def _passwd(accounts: AccountService, args: argparse.Namespace) -> None:
+    update = _checked(UserUpdate, password=_read_password(args))
+    assert isinstance(update, UserUpdate)
+    await _update(accounts, args.username, update, "changed the password of")
+
+
+async def _delete(accounts: AccountService, args: argparse.Namespace) -> None:
+    await accounts.delete_user(args.username)
+    print(f"deleted {args.username}")
+
+
+def _flag(
+    update: UserUpdate, done: str
+) -> Callable[[AccountService, argparse.Namespace], Awaitable[None]]:
+    async def action(accounts: AccountService, args: argparse.Namespace) -> None:
+        await _update(accounts, args.username, update, done)
+
+    return action
+
+
+_USER_ACTIONS: dict[str, Callable[[AccountService, argparse.Namespace], Awaitable[None]]] = {
+    "list": _list,
+    "create": _create,
+    "passwd": _passwd,
+    "delete": _delete,
+    "disable": _flag(UserUpdate(disabled=True), "disabled"),
+    "enable": _flag(UserUpdate(disabled=False), "enabled"),
+    "promote": _flag(UserUpdate(is_admin=True), "promoted"),
+    "demote": _flag(UserUpdate(is_admin=False), "demoted"),
+}
 
 
 if __name__ == "__main__":
