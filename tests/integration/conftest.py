@@ -8,28 +8,35 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 import uvicorn
 
 from app.factory import create_app
 from app.settings import Settings
-from tests.integration.support import wait_healthy
+from tests.integration.support import access_token, wait_healthy
 
 MODEL_ID = "tinyllama-1.1b"
 # Small enough that the context-length tests stay quick.
 CONTEXT_SIZE = 512
 
 
+ADMIN_PASSWORD = "integration-admin-password"
+
+
 @dataclass
 class RunningServer:
     url: str
     settings: Settings
+    api_key: str
 
 
 @pytest.fixture(scope="session")
-def server(model_file: Path) -> Iterator[RunningServer]:
+def server(model_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     settings = Settings.from_mapping(
         {
+            "APP_DATA_DIR": str(tmp_path_factory.mktemp("data")),
+            "APP_ADMIN_PASSWORD": ADMIN_PASSWORD,
             "APP_MODEL_PATH": str(model_file),
             "APP_MODEL_NAME": MODEL_ID,
             "APP_CONTEXT_SIZE": str(CONTEXT_SIZE),
@@ -45,7 +52,13 @@ def server(model_file: Path) -> Iterator[RunningServer]:
     thread.start()
     try:
         wait_healthy(url)
-        yield RunningServer(url=url, settings=settings)
+        token = access_token(url, "admin", ADMIN_PASSWORD)
+        key = httpx.post(
+            f"{url}/users/me/api-keys",
+            json={"name": "tests"},
+            headers={"Authorization": f"Bearer {token}"},
+        ).json()["key"]
+        yield RunningServer(url=url, settings=settings, api_key=key)
     finally:
         uv.should_exit = True
         thread.join(timeout=30)

@@ -31,3 +31,17 @@ def wait_healthy(url: str, timeout: float = 120) -> dict[str, object]:
             last = exc
         time.sleep(0.1)
     raise AssertionError(f"service never became healthy: {last}")
+
+
+def access_token(url: str, username: str, password: str) -> str:
+    """A token from POST /token, sent as the seed's curl example sends it."""
+    response = httpx.post(
+        f"{url}/token",
+        content=f"grant_type=password&username={username}&password={password}"
+        "&scope=&client_id=string&client_secret=string",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    token: str = response.json()["access_token"]
+    return token

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,11 +12,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+from argon2 import PasswordHasher
 
 from tests.hubserver import COMMIT, serve_hub
-from tests.integration.support import free_port, wait_healthy
+from tests.integration.support import access_token, free_port, wait_healthy
 
 REPO, FILE = "test-org/SmolLM2-135M-Instruct-GGUF", "smollm2-135m-instruct.q4_1.gguf"
+ADMIN_PASSWORD = "cli-admin-password"
 
 
 def app_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
@@ -27,6 +30,8 @@ def app_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
         and k not in ("ALGORITHM", "ACCESS_TOKEN_EXPIRE_MINUTES")
     }
     env.update(
+        APP_DATA_DIR=str(tmp_path / "data"),
+        APP_ADMIN_PASSWORD=ADMIN_PASSWORD,
         HF_HUB_CACHE=str(tmp_path / "hub"),
         HF_HUB_DISABLE_TELEMETRY="1",
         APP_HOST="127.0.0.1",
@@ -36,11 +41,14 @@ def app_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
     return env
 
 
-def run_app(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+def run_app(
+    tmp_path: Path, *args: str, stdin: str = "", **env: str
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "app", *args],
         env=app_env(tmp_path, **env),
         cwd=tmp_path,  # no stray .env
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=120,
@@ -101,9 +109,11 @@ def test_first_start_downloads_from_the_hub_and_the_second_uses_the_cache(
     env = {"APP_MODEL_REPO": REPO, "APP_MODEL_FILE": FILE, "APP_MODEL_NAME": "smol"}
     with serve_hub({(REPO, FILE): model_file}) as hub:
         with serving(tmp_path, HF_ENDPOINT=hub.url, **env) as url:
+            token = access_token(url, "admin", ADMIN_PASSWORD)
             completion = httpx.post(
                 f"{url}/v1/completions",
                 json={"model": "smol", "prompt": "Hello", "max_tokens": 4},
+                headers={"Authorization": f"Bearer {token}"},
                 timeout=60,
             )
             assert completion.status_code == 200
@@ -172,3 +182,83 @@ def test_a_local_file_that_is_not_gguf_stops_the_start(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert f"The model file {bogus} is not a GGUF file" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_serve_refuses_a_database_from_a_newer_release(tmp_path: Path) -> None:
+    assert run_app(tmp_path, "users", "list").returncode == 0  # creates the database
+    with sqlite3.connect(tmp_path / "data" / "app.db") as conn:
+        conn.execute("PRAGMA user_version = 99")
+    result = run_app(tmp_path, "serve", APP_PORT=str(free_port()))
+    assert result.returncode == 2
+    assert "error: The database was written by a newer release (schema 99" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_refuses_a_published_jwt_secret(tmp_path: Path) -> None:
+    sample = "09d25e094faa6ca2556c818166b7a9563b93f7099f6f0f4caa6cf63b88e8d3e7"
+    result = run_app(tmp_path, "serve", JWT_SECRET_KEY=sample)
+    assert result.returncode == 2
+    assert "JWT_SECRET_KEY is a published sample" in result.stderr
+    assert sample not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_users_commands_manage_accounts(tmp_path: Path) -> None:
+    # An operator may create the admin before the first start; serve then creates none.
+    admin = run_app(
+        tmp_path, "users", "create", "root", "--admin", "--password-stdin", stdin="root-pass-1\n"
+    )
+    assert admin.stdout.strip() == "created admin root"
+    created = run_app(
+        tmp_path, "users", "create", "carol", "--password-stdin", stdin="carol-pass-1\n"
+    )
+    assert created.returncode == 0, created.stderr
+    assert created.stdout.strip() == "created user carol"
+    assert "carol-pass-1" not in created.stdout + created.stderr
+
+    listing = run_app(tmp_path, "users", "list")
+    rows = [line.split() for line in listing.stdout.splitlines()[1:]]
+    assert [(r[1], r[2], r[3]) for r in rows] == [("root", "yes", "no"), ("carol", "no", "no")]
+
+    for action, expected in (("disable", "yes"), ("enable", "no")):
+        assert run_app(tmp_path, "users", action, "carol").returncode == 0
+        rows = [line.split() for line in run_app(tmp_path, "users", "list").stdout.splitlines()[1:]]
+        assert rows[1][3] == expected
+    assert run_app(tmp_path, "users", "promote", "carol").returncode == 0
+    assert run_app(tmp_path, "users", "demote", "carol").returncode == 0
+    passwd = run_app(
+        tmp_path, "users", "passwd", "carol", "--password-stdin", stdin="carol-pass-2\n"
+    )
+    assert passwd.returncode == 0, passwd.stderr
+
+    with sqlite3.connect(tmp_path / "data" / "app.db") as conn:
+        stored = conn.execute(
+            "SELECT password_hash FROM users WHERE username = 'carol'"
+        ).fetchone()[0]
+    assert PasswordHasher().verify(stored, "carol-pass-2")
+
+    assert run_app(tmp_path, "users", "delete", "carol").returncode == 0
+    assert "carol" not in run_app(tmp_path, "users", "list").stdout
+
+
+def test_users_commands_explain_what_went_wrong(tmp_path: Path) -> None:
+    missing = run_app(tmp_path, "users", "disable", "nobody")
+    assert missing.returncode == 1
+    assert missing.stderr.splitlines()[-1] == "error: There is no user 'nobody'."
+    short = run_app(tmp_path, "users", "create", "dave", "--password-stdin", stdin="short\n")
+    assert short.returncode == 2
+    assert "password" in short.stderr
+    bad_name = run_app(
+        tmp_path, "users", "create", "no way", "--password-stdin", stdin="long-enough\n"
+    )
+    assert bad_name.returncode == 2
+    assert "username" in bad_name.stderr
+    run_app(
+        tmp_path, "users", "create", "root", "--admin", "--password-stdin", stdin="root-pass-1\n"
+    )
+    last_admin = run_app(tmp_path, "users", "demote", "root")
+    assert last_admin.returncode == 1
+    assert "last enabled admin" in last_admin.stderr
+    no_tty = run_app(tmp_path, "users", "create", "erin")
+    assert no_tty.returncode == 2
+    assert "--password-stdin" in no_tty.stderr

@@ -8,23 +8,26 @@ import httpx
 import openai
 import pytest
 
-from tests.integration.conftest import CONTEXT_SIZE, MODEL_ID, RunningServer
+from tests.integration.conftest import ADMIN_PASSWORD, CONTEXT_SIZE, MODEL_ID, RunningServer
+from tests.integration.support import access_token
 
 
 @pytest.fixture
 def client(server: RunningServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=server.api_key, max_retries=0)
 
 
 @pytest.fixture
 def async_client(server: RunningServer) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+    return openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key=server.api_key, max_retries=0)
 
 
-def test_the_readme_curl_example_returns_honest_usage(server: RunningServer) -> None:
+def test_the_seed_flow_token_then_completion_returns_honest_usage(server: RunningServer) -> None:
+    token = access_token(server.url, "admin", ADMIN_PASSWORD)
     response = httpx.post(
         f"{server.url}/v1/completions",
         json={"model": MODEL_ID, "prompt": "The capital of France is", "max_tokens": 12},
+        headers={"Authorization": f"Bearer {token}"},
         timeout=60,
     )
     assert response.status_code == 200
@@ -40,6 +43,24 @@ def test_the_readme_curl_example_returns_honest_usage(server: RunningServer) -> 
     assert 0 < usage["completion_tokens"] <= 12
     # "length" exactly when max_tokens cut the text.
     assert (choice["finish_reason"] == "length") == (usage["completion_tokens"] == 12)
+
+
+def test_sdk_with_an_access_token_from_the_token_endpoint(server: RunningServer) -> None:
+    token = access_token(server.url, "admin", ADMIN_PASSWORD)
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=token, max_retries=0)
+    completion = client.completions.create(model=MODEL_ID, prompt="Hi", max_tokens=2)
+    assert completion.usage is not None
+    assert completion.usage.completion_tokens > 0
+
+
+def test_sdk_without_valid_credentials_is_refused(server: RunningServer) -> None:
+    for key in ("sk-not-a-real-key", "unused"):
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0)
+        with pytest.raises(openai.AuthenticationError) as caught:
+            client.completions.create(model=MODEL_ID, prompt="Hi", max_tokens=2)
+        assert caught.value.status_code == 401
+        with pytest.raises(openai.AuthenticationError):
+            client.models.list()
 
 
 def test_sdk_completion(client: openai.OpenAI) -> None:
@@ -164,7 +185,7 @@ async def test_health_answers_while_a_generation_runs(
             model=MODEL_ID, prompt="Story:", max_tokens=300, temperature=0, stop=["@@@"]
         )
     )
-    async with httpx.AsyncClient(base_url=server.url) as http:
+    async with httpx.AsyncClient(base_url=server.url) as http:  # /health is public
         await asyncio.sleep(0.3)
         health = await http.get("/health", timeout=30)
         still_generating = not generation.done()

@@ -13,6 +13,7 @@ from litestar.testing import AsyncTestClient
 
 from app.factory import create_app
 from app.settings import Settings
+from tests.unit.conftest import ADMIN, ADMIN_PASSWORD, bearer, login, settings_for
 from tests.unit.fakes import FakeEngine
 
 MODEL = "tinyllama-1.1b"
@@ -24,9 +25,10 @@ def engine() -> FakeEngine:
 
 
 @pytest.fixture
-async def client(engine: FakeEngine) -> AsyncIterator[AsyncTestClient[Any]]:
-    settings = Settings.from_mapping({"APP_MAX_LENGTH": "3", "APP_TEMPERATURE": "0.5"})
+async def client(engine: FakeEngine, tmp_path: Path) -> AsyncIterator[AsyncTestClient[Any]]:
+    settings = settings_for(tmp_path, APP_MAX_LENGTH="3", APP_TEMPERATURE="0.5")
     async with AsyncTestClient(app=create_app(settings, engine=engine)) as client:
+        client.headers.update(bearer(await login(client, ADMIN, ADMIN_PASSWORD)))
         yield client
 
 
@@ -291,8 +293,9 @@ async def test_health_reports_each_state_until_ready(tmp_path: Path) -> None:
 
     model = tmp_path / "model.gguf"
     model.write_bytes(b"GGUF")
-    settings = Settings.from_mapping({"APP_MODEL_PATH": str(model)})
+    settings = settings_for(tmp_path, APP_MODEL_PATH=str(model))
     async with AsyncTestClient(app=create_app(settings, engine_loader=slow_loader)) as client:
+        client.headers.update(bearer(await login(client, ADMIN, ADMIN_PASSWORD)))
         await wait_for_status(client, "loading")
         assert (await client.get("/health")).status_code == 503
         waiting = await client.post("/v1/completions", json={"model": MODEL, "prompt": "hi"})
@@ -305,7 +308,7 @@ async def test_health_reports_each_state_until_ready(tmp_path: Path) -> None:
 
 
 async def test_health_reports_a_failed_model_with_the_reason(tmp_path: Path) -> None:
-    settings = Settings.from_mapping({"APP_MODEL_PATH": str(tmp_path / "missing.gguf")})
+    settings = settings_for(tmp_path, APP_MODEL_PATH=str(tmp_path / "missing.gguf"))
     async with AsyncTestClient(app=create_app(settings)) as client:
         await wait_for_status(client, "failed")
         response = await client.get("/health")
@@ -316,7 +319,7 @@ async def test_health_reports_a_failed_model_with_the_reason(tmp_path: Path) -> 
         assert "APP_MODEL_PATH" in body["error"]
 
 
-async def test_closing_the_app_closes_the_engine(engine: FakeEngine) -> None:
-    async with AsyncTestClient(app=create_app(Settings.from_mapping({}), engine=engine)):
+async def test_closing_the_app_closes_the_engine(engine: FakeEngine, tmp_path: Path) -> None:
+    async with AsyncTestClient(app=create_app(settings_for(tmp_path), engine=engine)):
         pass
     assert engine.closed

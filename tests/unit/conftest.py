@@ -1,0 +1,34 @@
+"""Helpers for tests of the app over a fake engine, with a real SQLite file under tmp_path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from litestar.testing import AsyncTestClient
+
+from app.settings import Settings
+
+ADMIN, ADMIN_PASSWORD = "admin", "admin-password-1"
+
+
+def settings_for(tmp_path: Path, **env: str) -> Settings:
+    """Settings with the database under ``tmp_path`` and a known admin password."""
+    values = {"APP_DATA_DIR": str(tmp_path / "data"), "APP_ADMIN_PASSWORD": ADMIN_PASSWORD}
+    values.update(env)
+    return Settings.from_mapping(values)
+
+
+async def login(client: AsyncTestClient[Any], username: str, password: str) -> str:
+    """An access token from POST /token, as the OAuth2 password flow sends it."""
+    response = await client.post(
+        "/token",
+        data={"grant_type": "password", "username": username, "password": password},
+    )
+    assert response.status_code == 200, response.text
+    token: str = response.json()["access_token"]
+    return token
+
+
+def bearer(credential: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {credential}"}

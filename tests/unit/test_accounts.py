@@ -1,0 +1,116 @@
+"""The account service on a real SQLite file: password hashing rules and login throttling."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Literal
+
+import pytest
+from argon2 import PasswordHasher
+
+from app.accounts.passwords import Passwords
+from app.accounts.security import LoginThrottle
+from app.accounts.service import AccountService, AdminBootstrapError
+from app.accounts.store import AccountStore
+from app.db import Database
+from app.errors import InvalidCredentials, TooManyAttempts
+
+FAST = PasswordHasher(time_cost=1, memory_cost=8 * 1024, parallelism=1)
+
+
+class CountingHasher(PasswordHasher):
+    """Records which hashes ``verify`` was asked to check."""
+
+    def __init__(self) -> None:
+        super().__init__(time_cost=1, memory_cost=8 * 1024, parallelism=1)
+        self.checked: list[str] = []
+
+    def verify(self, hash: str | bytes, password: str | bytes) -> Literal[True]:
+        self.checked.append(str(hash))
+        return super().verify(hash, password)
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    db = Database(tmp_path / "app.db")
+    await db.open()
+    yield db
+    await db.close()
+
+
+def service(db: Database, hasher: PasswordHasher) -> AccountService:
+    return AccountService(AccountStore(db), Passwords(hasher), registration_open=True)
+
+
+async def test_an_unknown_user_costs_a_full_password_check(db: Database) -> None:
+    hasher = CountingHasher()
+    accounts = service(db, hasher)
+    await accounts.create_user("kim", "kim-password", is_admin=False)
+    hasher.checked.clear()
+    for username in ("kim", "nobody"):
+        with pytest.raises(InvalidCredentials):
+            await accounts.authenticate(username, "wrong-password")
+    assert len(hasher.checked) == 2, "both cases must run argon2 once"
+    assert all(h.startswith("$argon2id$") for h in hasher.checked)
+
+
+async def test_login_upgrades_a_hash_made_with_older_parameters(db: Database) -> None:
+    await service(db, FAST).create_user("kim", "kim-password", is_admin=False)
+    store = AccountStore(db)
+    before = await store.user_by_name("kim")
+    assert before is not None
+    assert "m=8192,t=1,p=1" in before.password_hash
+
+    stronger = PasswordHasher(time_cost=2, memory_cost=16 * 1024, parallelism=1)
+    user = await service(db, stronger).authenticate("kim", "kim-password")
+    after = await store.user_by_name("kim")
+    assert after is not None
+    assert "m=16384,t=2,p=1" in after.password_hash
+    assert after.token_version == before.token_version, "an upgrade must not end tokens"
+    assert user.id == before.id
+    assert await service(db, stronger).authenticate("kim", "kim-password")
+
+
+async def test_passwords_are_stored_as_argon2id(db: Database) -> None:
+    await service(db, FAST).create_user("kim", "kim-password", is_admin=False)
+    user = await AccountStore(db).user_by_name("KIM")
+    assert user is not None
+    assert user.password_hash.startswith("$argon2id$")
+    assert "kim-password" not in user.password_hash
+
+
+async def test_the_first_admin_is_never_an_existing_ordinary_user(db: Database) -> None:
+    accounts = service(db, FAST)
+    await accounts.create_user("admin", "someone-registered", is_admin=False)
+    with pytest.raises(AdminBootstrapError, match="ordinary user"):
+        await accounts.ensure_admin("admin", None)
+    assert await accounts.ensure_admin("root", "root-password") is None
+    assert await accounts.ensure_admin("other", None) is None, "an admin exists now"
+
+
+def test_throttle_pauses_a_key_then_lets_it_go(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    throttle = LoginThrottle(max_failures=2, window_seconds=60)
+    throttle.failed("user:kim")
+    throttle.check("user:kim")
+    now[0] += 10
+    throttle.failed("user:kim")
+    with pytest.raises(TooManyAttempts) as caught:
+        throttle.check("user:kim", "addr:1.2.3.4")
+    assert caught.value.retry_after == 51  # until the first failure is 60 s old
+    throttle.check("user:other")
+    now[0] += 51
+    throttle.check("user:kim")
+
+
+def test_a_correct_login_clears_the_usernames_failures() -> None:
+    throttle = LoginThrottle(max_failures=2, window_seconds=60)
+    throttle.failed("user:kim", "addr:a")
+    throttle.succeeded("user:kim")
+    throttle.failed("user:kim", "addr:a")
+    throttle.check("user:kim")
+    with pytest.raises(TooManyAttempts):
+        throttle.check("addr:a")
