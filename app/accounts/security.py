@@ -138,8 +138,12 @@ def bearer_auth(
         authentication_middleware_class=BearerAuthMiddleware,  # type: ignore[arg-type]
         default_token_expiration=timedelta(minutes=settings.access_token_expire_minutes),
         require_claims=["exp", "iat", "sub", "jti"],
+        oauth_scopes={},  # OpenAPI requires the map, empty or not; we use no scopes
         exclude_opt_key=PUBLIC,
         exclude=public_paths,
+        # Litestar's default also skips HEAD; no HEAD route exists, and any future one needs
+        # credentials like its GET.
+        exclude_http_methods=["OPTIONS"],
         description=(
             "An access token from POST /token (OAuth2 password flow), or an API key from "
             "POST /users/me/api-keys, sent as `Authorization: Bearer ...`."
@@ -158,6 +162,8 @@ def issue_token(auth: OAuth2PasswordBearerAuth[User, Token], user: User) -> str:
 
 def admin_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     """Guard: the caller must be an admin."""
+    if connection.scope.get("method") == "OPTIONS":
+        return  # preflights carry no credentials and only learn the allowed methods
     if not connection.user.is_admin:
         raise PermissionDenied("This needs an admin account.")
 

@@ -24,6 +24,7 @@ class OpenAIController(Controller):
         "/models",
         summary="List models",
         description="The models this service serves, in OpenAI's list shape.",
+        responses=error_responses(401),
     )
     async def list_models(
         self, service: NamedDependency[SkipValidation[OpenAIService]]
@@ -41,7 +42,7 @@ class OpenAIController(Controller):
             "after the prompt is reduced to what does."
         ),
         status_code=200,
-        responses=error_responses(400, 404, 503),
+        responses=error_responses(400, 401, 404, 503),
     )
     async def create_completion(
         self,

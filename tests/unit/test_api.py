@@ -270,9 +270,14 @@ async def test_docs_and_schema_are_served(client: AsyncTestClient[Any]) -> None:
     }
     for op in operations.values():
         assert op.get("summary"), op
+    # What Swagger's Authorize button needs: the password flow at /token (scopes are required).
+    scheme = schema["components"]["securitySchemes"]["BearerToken"]
+    assert scheme["flows"]["password"] == {"tokenUrl": "/token", "scopes": {}}
+    token_body = operations[("/token", "post")]["requestBody"]["content"]
+    assert list(token_body) == ["application/x-www-form-urlencoded"]
     completions = operations[("/v1/completions", "post")]
     assert "requestBody" in completions
-    assert {"200", "400", "404", "503"} <= set(completions["responses"])
+    assert {"200", "400", "401", "404", "503"} <= set(completions["responses"])
 
 
 async def wait_for_status(client: AsyncTestClient[Any], status: str) -> dict[str, Any]:

@@ -492,6 +492,17 @@ async def test_every_protected_route_refuses_every_forged_credential(tmp_path: P
         assert not failures, "\n".join(failures)
 
 
+async def test_preflight_requests_without_credentials_never_fail(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+    async with AsyncTestClient(app=app) as client:
+        for _, path in protected_routes(app):
+            options = await client.options(path)
+            assert options.status_code == 204, (path, options.text)
+            assert "allow" in options.headers
+            head = await client.head(path)
+            assert head.status_code in (401, 405), (path, head.status_code)
+
+
 # --- the JWT secret and the first admin ---------------------------------------------------------
 
 
