@@ -231,7 +231,9 @@ def _validation_error(
     detail = str(first.get("message") or exc.detail)
     missing = _MISSING_FIELD.search(detail)
     param = missing.group(1) if missing else _field_from_key(first.get("key"))
-    if param:
+    if missing:
+        message = f"Missing required field '{param}'."
+    elif param:
         message = f"Invalid value for '{param}': {detail}"
     elif "malformed" in detail.lower() or "decode" in detail.lower():
         message = f"We could not parse the JSON body of your request: {detail}"

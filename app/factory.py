@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from argon2 import PasswordHasher
 from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
@@ -41,8 +42,12 @@ def database_path(settings: Settings) -> Path:
 
 def account_service(settings: Settings, db: Database) -> AccountService:
     """The accounts service over ``db``, as configured."""
+    hasher = PasswordHasher(
+        time_cost=settings.password_hash_time_cost,
+        memory_cost=settings.password_hash_memory_kib,
+    )
     return AccountService(
-        AccountStore(db), Passwords(), registration_open=settings.registration == "open"
+        AccountStore(db), Passwords(hasher), registration_open=settings.registration == "open"
     )
 
 

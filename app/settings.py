@@ -135,6 +135,18 @@ class Settings(
         Annotated[str, Meta(min_length=MIN_PASSWORD, max_length=MAX_PASSWORD)] | None,
         Meta(description="Password for APP_ADMIN_USERNAME; empty means generate one, logged once."),
     ] = None
+    password_hash_memory_kib: Annotated[
+        int,
+        Meta(
+            ge=8,
+            le=4_194_304,
+            description="argon2id memory per password hash, KiB; stored hashes upgrade on login.",
+        ),
+    ] = 65_536
+    password_hash_time_cost: Annotated[
+        int,
+        Meta(ge=1, le=100, description="argon2id passes per password hash."),
+    ] = 3
     login_max_failures: Annotated[
         int,
         Meta(ge=1, description="Failed logins per username or client address before a pause."),

@@ -37,6 +37,8 @@ def server(model_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         {
             "APP_DATA_DIR": str(tmp_path_factory.mktemp("data")),
             "APP_ADMIN_PASSWORD": ADMIN_PASSWORD,
+            "APP_PASSWORD_HASH_MEMORY_KIB": "1024",
+            "APP_PASSWORD_HASH_TIME_COST": "1",
             "APP_MODEL_PATH": str(model_file),
             "APP_MODEL_NAME": MODEL_ID,
             "APP_CONTEXT_SIZE": str(CONTEXT_SIZE),

@@ -32,6 +32,8 @@ def app_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
     env.update(
         APP_DATA_DIR=str(tmp_path / "data"),
         APP_ADMIN_PASSWORD=ADMIN_PASSWORD,
+        APP_PASSWORD_HASH_MEMORY_KIB="1024",
+        APP_PASSWORD_HASH_TIME_COST="1",
         HF_HUB_CACHE=str(tmp_path / "hub"),
         HF_HUB_DISABLE_TELEMETRY="1",
         APP_HOST="127.0.0.1",
@@ -235,7 +237,7 @@ def test_users_commands_manage_accounts(tmp_path: Path) -> None:
         stored = conn.execute(
             "SELECT password_hash FROM users WHERE username = 'carol'"
         ).fetchone()[0]
-    assert PasswordHasher().verify(stored, "carol-pass-2")
+    assert PasswordHasher(memory_cost=1024, time_cost=1).verify(stored, "carol-pass-2")
 
     assert run_app(tmp_path, "users", "delete", "carol").returncode == 0
     assert "carol" not in run_app(tmp_path, "users", "list").stdout

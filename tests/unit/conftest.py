@@ -14,7 +14,13 @@ ADMIN, ADMIN_PASSWORD = "admin", "admin-password-1"
 
 def settings_for(tmp_path: Path, **env: str) -> Settings:
     """Settings with the database under ``tmp_path`` and a known admin password."""
-    values = {"APP_DATA_DIR": str(tmp_path / "data"), "APP_ADMIN_PASSWORD": ADMIN_PASSWORD}
+    values = {
+        "APP_DATA_DIR": str(tmp_path / "data"),
+        "APP_ADMIN_PASSWORD": ADMIN_PASSWORD,
+        # Cheap hashing keeps the suite quick; the defaults are tested in test_accounts.py.
+        "APP_PASSWORD_HASH_MEMORY_KIB": "1024",
+        "APP_PASSWORD_HASH_TIME_COST": "1",
+    }
     values.update(env)
     return Settings.from_mapping(values)
 

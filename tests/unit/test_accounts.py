@@ -16,6 +16,8 @@ from app.accounts.service import AccountService, AdminBootstrapError
 from app.accounts.store import AccountStore
 from app.db import Database
 from app.errors import InvalidCredentials, TooManyAttempts
+from app.factory import account_service
+from app.settings import Settings
 
 FAST = PasswordHasher(time_cost=1, memory_cost=8 * 1024, parallelism=1)
 
@@ -114,3 +116,16 @@ def test_a_correct_login_clears_the_usernames_failures() -> None:
     throttle.check("user:kim")
     with pytest.raises(TooManyAttempts):
         throttle.check("addr:a")
+
+
+async def test_the_settings_choose_the_hash_cost_and_a_change_upgrades_at_login(
+    db: Database,
+) -> None:
+    cheap = Settings.from_mapping(
+        {"APP_PASSWORD_HASH_MEMORY_KIB": "1024", "APP_PASSWORD_HASH_TIME_COST": "1"}
+    )
+    await account_service(cheap, db).create_user("kim", "kim-password", is_admin=False)
+    await account_service(Settings.from_mapping({}), db).authenticate("kim", "kim-password")
+    user = await AccountStore(db).user_by_name("kim")
+    assert user is not None
+    assert "$m=65536,t=3,p=4$" in user.password_hash  # argon2-cffi's RFC 9106 defaults

@@ -173,7 +173,8 @@ async def test_only_the_password_grant_is_supported(client: AsyncTestClient[Any]
 
 async def test_token_request_without_a_password_is_400(client: AsyncTestClient[Any]) -> None:
     response = await client.post("/token", data={"username": ADMIN})
-    assert assert_error(response, 400)["param"] == "password"
+    error = assert_error(response, 400)
+    assert (error["param"], error["message"]) == ("password", "Missing required field 'password'.")
 
 
 async def test_repeated_failures_pause_the_username(tmp_path: Path) -> None:
