@@ -22,16 +22,41 @@ class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
     top_p: float = 1.0
     top_k: int = 40
     min_p: float = 0.05
+    repeat_penalty: float = 1.0
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    grammar: str | None = None
+    """A GBNF grammar (root rule ``root``) that every generated text must match."""
+    logprobs: int | None = None
+    """None: no log probabilities; n: each token's, plus the n most likely alternatives."""
+
+
+class TopLogprob(msgspec.Struct, frozen=True):
+    """One candidate token and its log probability."""
+
+    token: str
+    bytes: tuple[int, ...]
+    logprob: float
+
+
+class TokenLogprob(msgspec.Struct, frozen=True, kw_only=True):
+    """A generated token, its log probability, and the most likely alternatives."""
+
+    token: str
+    bytes: tuple[int, ...]
+    logprob: float
+    top: tuple[TopLogprob, ...] = ()
 
 
 class TextDelta(msgspec.Struct, frozen=True):
     """Newly generated text, safe to show (never part of a stop sequence)."""
 
     text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
+    """The tokens released with this text, when log probabilities were asked for."""
 
 
 class Finished(msgspec.Struct, frozen=True, kw_only=True):
@@ -45,6 +70,13 @@ class Finished(msgspec.Struct, frozen=True, kw_only=True):
 GenerationEvent = TextDelta | Finished
 
 
+class ChatMessage(msgspec.Struct, frozen=True):
+    """A chat turn as chat templates see it."""
+
+    role: str
+    content: str
+
+
 class Engine(Protocol):
     """Generates text for one loaded model."""
 
@@ -53,8 +85,24 @@ class Engine(Protocol):
         """Tokens the context holds: prompt plus completion."""
         ...
 
-    async def tokenize(self, text: str) -> list[int]:
+    @property
+    def vocab_size(self) -> int:
+        """Token ids run from 0 to ``vocab_size - 1``."""
+        ...
+
+    async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
         """The tokens the model sees for ``text``: special tokens parsed, BOS if the model wants."""
+        ...
+
+    async def detokenize(self, tokens: Sequence[int]) -> str:
+        """The text of ``tokens`` (ids must be below ``vocab_size``)."""
+        ...
+
+    async def tokenize_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
+        """The prompt tokens for a conversation, rendered with the model's chat template.
+
+        Raises ``InvalidRequest`` when the template refuses the conversation.
+        """
         ...
 
     def generate(
@@ -63,7 +111,8 @@ class Engine(Protocol):
         """Streams ``TextDelta``s, then one ``Finished``.
 
         ``max_tokens`` is clamped to what the context has room for (``Finished.reason`` is then
-        ``"length"``). Closing the iterator early cancels the generation.
+        ``"length"``). Closing the iterator early cancels the generation. Raises
+        ``InvalidRequest`` (before any event) for a grammar llama.cpp cannot compile.
         """
         ...
 

@@ -33,7 +33,10 @@ async def load_llama_engine(path: Path, settings: Settings) -> Engine:
     from app.inference.llama_engine import LlamaEngine  # keeps llama_cpp out of unit tests
 
     return await LlamaEngine.load(
-        path, context_size=settings.context_size, threads=settings.threads
+        path,
+        context_size=settings.context_size,
+        threads=settings.threads,
+        fallback_chat_format=settings.chat_format_fallback,
     )
 
 
@@ -85,10 +88,14 @@ class ModelHost:
         await self._settled.wait()
         return self.state
 
-    def engine(self, model: str) -> Engine:
-        """The engine for ``model``; raises if this service does not serve it or it is not ready."""
+    def check_model(self, model: str) -> None:
+        """Raises ``ModelNotFound`` unless this service serves ``model``."""
         if model != self.model_id:
             raise ModelNotFound(model)
+
+    def engine(self, model: str) -> Engine:
+        """The engine for ``model``; raises if this service does not serve it or it is not ready."""
+        self.check_model(model)
         if self._engine is None or self.state is not ModelState.READY:
             raise ModelNotReady(model, self.state.value)
         return self._engine
