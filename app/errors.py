@@ -230,8 +230,9 @@ def _validation_error(
     first = extra[0] if extra and isinstance(extra[0], dict) else {}
     detail = str(first.get("message") or exc.detail)
     missing = _MISSING_FIELD.search(detail)
-    param = missing.group(1) if missing else _field_from_key(first.get("key"))
+    param = _field_from_key(first.get("key"))
     if missing:
+        param = f"{param}.{missing.group(1)}" if param else missing.group(1)
         message = f"Missing required field '{param}'."
     elif param:
         message = f"Invalid value for '{param}': {detail}"
@@ -250,7 +251,8 @@ def _field_from_key(key: Any) -> str | None:
     """msgspec reports paths like ``$.stop[5]``; OpenAI names the field (``stop``)."""
     if not isinstance(key, str) or key in ("", "$", "data"):
         return None
-    return key.removeprefix("$.").removeprefix("data.") or None
+    # A dict value is reported as "logit_bias[...]": the field is what the client can fix.
+    return key.removeprefix("$.").removeprefix("data.").replace("[...]", "") or None
 
 
 def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorResponse]:

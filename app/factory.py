@@ -23,7 +23,7 @@ from app.db import Database
 from app.errors import exception_handlers
 from app.inference.engine import Engine
 from app.inference.host import EngineLoader, ModelHost, load_llama_engine
-from app.openai.controllers import OpenAIController
+from app.openai.controllers import OpenAIController, TokenizerController
 from app.openai.protocol import SamplingDefaults
 from app.openai.serving import OpenAIService
 from app.settings import Settings
@@ -118,6 +118,7 @@ def create_app(
         route_handlers=[
             health,
             OpenAIController,
+            TokenizerController,
             AuthController,
             MeController,
             AdminController,
@@ -133,6 +134,7 @@ def create_app(
         on_app_init=[auth.on_app_init],
         lifespan=[database_lifespan, model_lifespan],
         exception_handlers=exception_handlers,
+        request_max_body_size=settings.max_request_bytes,
         openapi_config=OpenAPIConfig(
             title="llm-service",
             version=__version__,

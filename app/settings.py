@@ -102,6 +102,14 @@ class Settings(
         Annotated[int, Meta(ge=1, le=1024)] | None,
         Meta(description="CPU threads for generation; empty means all cores."),
     ] = None
+    chat_format_fallback: Annotated[
+        Literal["zephyr", "chatml"],
+        Meta(description="Chat format for a GGUF without a chat template: zephyr or chatml."),
+    ] = "zephyr"
+    max_request_bytes: Annotated[
+        int,
+        Meta(ge=1024, description="Largest request body accepted, in bytes; larger is a 413."),
+    ] = 4 * 1024 * 1024
     max_length: Annotated[
         int,
         Meta(ge=1, description="Default max_tokens when a request does not set it."),

@@ -1,30 +1,116 @@
-"""The OpenAI endpoints' logic, with no HTTP in it: requests in, response Structs out."""
+"""The OpenAI endpoints' logic, with no HTTP in it: requests in, Structs or SSE bytes out.
+
+Everything that can be refused is checked before the first token is generated (and, when
+streaming, before the first byte is sent), so such errors are ordinary HTTP errors. What fails
+after a stream began is sent as an ``error`` event, which the ``openai`` SDK raises as an error.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import dataclass, field
 
 import msgspec
 
-from app.errors import ContextLengthExceeded, InvalidRequest
-from app.inference.engine import Engine, Finished, SamplingParams, TextDelta
+from app.errors import (
+    ContextLengthExceeded,
+    ErrorDetail,
+    ErrorResponse,
+    InvalidRequest,
+    ServiceError,
+)
+from app.inference.engine import (
+    ChatMessage,
+    Engine,
+    Finished,
+    GenerationEvent,
+    SamplingParams,
+    TextDelta,
+    TokenLogprob,
+)
+from app.inference.grammars import json_object_grammar, json_schema_grammar
 from app.inference.host import ModelHost
 from app.openai.protocol import (
     MAX_CHOICES_PER_REQUEST,
+    AssistantMessage,
+    ChatChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChoiceLogprobs,
+    ChunkChoice,
     CompletionChoice,
+    CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
+    Delta,
+    DetokenizeRequest,
+    DetokenizeResponse,
+    JsonObjectFormat,
+    JsonSchemaFormat,
     Model,
     ModelList,
     SamplingDefaults,
+    TokenizeRequest,
+    TokenizeResponse,
+    TokenLogprobView,
+    TopLogprobView,
     Usage,
     new_id,
     now,
 )
 
+logger = logging.getLogger(__name__)
+
+_DONE = b"data: [DONE]\n\n"
+
+
+@dataclass
+class _Job:
+    """Validated, tokenized work: ``n`` generations for each prompt."""
+
+    engine: Engine
+    prompts: list[list[int]]
+    params: SamplingParams
+    n: int
+
+    @property
+    def choices(self) -> int:
+        return len(self.prompts) * self.n
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(len(p) for p in self.prompts)
+
+    def start(self) -> AsyncGenerator[tuple[int, GenerationEvent]]:
+        """Every choice's events, tagged with the choice index, as they come."""
+        return _merge(
+            [
+                self.engine.generate(tokens, _choice_params(self.params, j))
+                for tokens in self.prompts
+                for j in range(self.n)
+            ]
+        )
+
+
+@dataclass
+class _Choice:
+    """A finished choice, collected for a non-streamed answer."""
+
+    parts: list[str] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finished: Finished | None = None
+
+    @property
+    def done(self) -> Finished:
+        assert self.finished is not None
+        return self.finished
+
 
 class OpenAIService:
-    """Completions and model listing over the served model."""
+    """Completions, chat completions, models and the tokenizer, over the served model."""
 
     def __init__(self, host: ModelHost, defaults: SamplingDefaults, owned_by: str) -> None:
         self._host = host
@@ -32,60 +118,199 @@ class OpenAIService:
         self._owned_by = owned_by
         self._created = now()
 
+    # --- models and tokenizer ------------------------------------------------------------------
+
     def list_models(self) -> ModelList:
         """The served model, whether or not it has finished loading."""
-        return ModelList(
-            data=[Model(id=self._host.model_id, created=self._created, owned_by=self._owned_by)]
+        return ModelList(data=[self._model()])
+
+    def get_model(self, model_id: str) -> Model:
+        """One model; raises ``ModelNotFound``."""
+        self._host.check_model(model_id)
+        return self._model()
+
+    def _model(self) -> Model:
+        return Model(id=self._host.model_id, created=self._created, owned_by=self._owned_by)
+
+    async def tokenize(self, request: TokenizeRequest) -> TokenizeResponse:
+        """The tokens of ``request.content``."""
+        engine = self._host.engine(request.model or self._host.model_id)
+        return TokenizeResponse(
+            tokens=await engine.tokenize(request.content, add_special=request.add_special)
         )
 
-    async def create_completion(self, request: CompletionRequest) -> CompletionResponse:
-        """Completes every prompt ``n`` times; validates all prompts before generating."""
-        engine = self._host.engine(request.model)
-        params = request.to_sampling_params(self._defaults)
-        prompts = await asyncio.gather(*(engine.tokenize(p) for p in request.prompts()))
-        for tokens in prompts:
-            _check_fits(tokens, engine.context_size)
-
-        n = request.n or 1
-        if n * len(prompts) > MAX_CHOICES_PER_REQUEST:
+    async def detokenize(self, request: DetokenizeRequest) -> DetokenizeResponse:
+        """The text of ``request.tokens``."""
+        engine = self._host.engine(request.model or self._host.model_id)
+        if request.tokens and max(request.tokens) >= engine.vocab_size:
             raise InvalidRequest(
-                f"At most {MAX_CHOICES_PER_REQUEST} choices per request; {len(prompts)} prompts "
-                f"times n={n} is more.",
-                param="n",
+                f"Token ids run from 0 to {engine.vocab_size - 1}.", param="tokens"
             )
-        # A TaskGroup cancels the sibling generations (freeing the engine) if one fails or the
-        # client goes away.
-        async with asyncio.TaskGroup() as group:
-            runs = [
-                group.create_task(_complete(engine, tokens, _choice_params(params, j)))
-                for tokens in prompts
-                for j in range(n)
-            ]
-        results = [run.result() for run in runs]
-        choices = [
-            CompletionChoice(text=text, index=i, finish_reason=finished.reason)
-            for i, (text, finished) in enumerate(results)
-        ]
-        prompt_tokens = sum(len(tokens) for tokens in prompts)
-        completion_tokens = sum(finished.completion_tokens for _, finished in results)
+        return DetokenizeResponse(content=await engine.detokenize(request.tokens))
+
+    # --- /v1/completions -----------------------------------------------------------------------
+
+    async def _completion_job(self, request: CompletionRequest) -> _Job:
+        engine = self._host.engine(request.model)
+        request.check_supported()
+        params = request.sampling_params(
+            self._defaults, vocab_size=engine.vocab_size, logprobs=request.logprobs
+        )
+        prompts = list(await asyncio.gather(*(engine.tokenize(p) for p in request.prompts())))
+        return _job(engine, prompts, params, request.n or 1)
+
+    async def create_completion(self, request: CompletionRequest) -> CompletionResponse:
+        """Completes every prompt ``n`` times."""
+        job = await self._completion_job(request)
+        choices = await _collect(job)
         return CompletionResponse(
             id=new_id("cmpl"),
             created=now(),
             model=request.model,
-            choices=choices,
-            usage=Usage(
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                total_tokens=prompt_tokens + completion_tokens,
-            ),
+            choices=[
+                CompletionChoice(
+                    text="".join(c.parts),
+                    index=i,
+                    logprobs=_completion_logprobs(c.logprobs, 0)
+                    if request.logprobs is not None
+                    else None,
+                    finish_reason=c.done.reason,
+                )
+                for i, c in enumerate(choices)
+            ],
+            usage=_usage(job, choices),
+        )
+
+    async def stream_completion(self, request: CompletionRequest) -> AsyncIterator[bytes]:
+        """Server-sent events of ``text_completion`` chunks, then ``[DONE]``."""
+        job = await self._completion_job(request)
+        events = await _started(job)
+        response_id, created = new_id("cmpl"), now()
+        offsets = [0] * job.choices
+
+        def chunk(choices: list[CompletionChoice], usage: Usage | None = None) -> bytes:
+            return _sse(
+                CompletionResponse(
+                    id=response_id,
+                    created=created,
+                    model=request.model,
+                    choices=choices,
+                    usage=usage if request.include_usage else msgspec.UNSET,
+                )
+            )
+
+        def on_event(index: int, event: GenerationEvent) -> bytes:
+            if isinstance(event, Finished):
+                choice = CompletionChoice(text="", index=index, finish_reason=event.reason)
+                return chunk([choice])
+            logprobs = None
+            if request.logprobs is not None:
+                logprobs = _completion_logprobs(list(event.logprobs), offsets[index])
+            offsets[index] += len(event.text)
+            return chunk(
+                [
+                    CompletionChoice(
+                        text=event.text, index=index, logprobs=logprobs, finish_reason=None
+                    )
+                ]
+            )
+
+        return _stream(job, events, on_event, lambda usage: chunk([], usage), request.include_usage)
+
+    # --- /v1/chat/completions ------------------------------------------------------------------
+
+    async def _chat_job(self, request: ChatCompletionRequest) -> _Job:
+        engine = self._host.engine(request.model)
+        request.check_supported()
+        grammar = None
+        if isinstance(request.response_format, JsonObjectFormat):
+            grammar = json_object_grammar()
+        elif isinstance(request.response_format, JsonSchemaFormat):
+            schema = request.response_format.json_schema.schema
+            grammar = await asyncio.to_thread(json_schema_grammar, schema or {"type": "object"})
+        params = request.sampling_params(
+            self._defaults,
+            vocab_size=engine.vocab_size,
+            logprobs=request.top_logprob_count(),
+            grammar=grammar,
+        )
+        messages = [
+            ChatMessage("system" if m.role == "developer" else m.role, m.text())
+            for m in request.messages
+        ]
+        prompt = await engine.tokenize_chat(messages)
+        return _job(engine, [prompt], params, request.n or 1)
+
+    async def create_chat_completion(self, request: ChatCompletionRequest) -> ChatCompletion:
+        """Replies to the conversation ``n`` times."""
+        job = await self._chat_job(request)
+        choices = await _collect(job)
+        return ChatCompletion(
+            id=new_id("chatcmpl"),
+            created=now(),
+            model=request.model,
+            choices=[
+                ChatChoice(
+                    index=i,
+                    message=AssistantMessage(content="".join(c.parts)),
+                    logprobs=_chat_logprobs(c.logprobs) if request.logprobs else None,
+                    finish_reason=c.done.reason,
+                )
+                for i, c in enumerate(choices)
+            ],
+            usage=_usage(job, choices),
+        )
+
+    async def stream_chat_completion(self, request: ChatCompletionRequest) -> AsyncIterator[bytes]:
+        """Server-sent events of ``chat.completion.chunk``s, then ``[DONE]``."""
+        job = await self._chat_job(request)
+        events = await _started(job)
+        response_id, created = new_id("chatcmpl"), now()
+
+        def chunk(choices: list[ChunkChoice], usage: Usage | None = None) -> bytes:
+            return _sse(
+                ChatCompletionChunk(
+                    id=response_id,
+                    created=created,
+                    model=request.model,
+                    choices=choices,
+                    usage=usage if request.include_usage else msgspec.UNSET,
+                )
+            )
+
+        def on_event(index: int, event: GenerationEvent) -> bytes:
+            if isinstance(event, Finished):
+                return chunk([ChunkChoice(index=index, delta=Delta(), finish_reason=event.reason)])
+            logprobs = _chat_logprobs(list(event.logprobs)) if request.logprobs else None
+            return chunk(
+                [ChunkChoice(index=index, delta=Delta(content=event.text), logprobs=logprobs)]
+            )
+
+        roles = chunk(
+            [
+                ChunkChoice(index=i, delta=Delta(role="assistant", content=""))
+                for i in range(job.choices)
+            ]
+        )
+        return _stream(
+            job, events, on_event, lambda usage: chunk([], usage), request.include_usage, roles
         )
 
 
-def _check_fits(tokens: list[int], context_size: int) -> None:
-    if not tokens:
-        raise InvalidRequest("The prompt is empty.", param="prompt")
-    if len(tokens) >= context_size:
-        raise ContextLengthExceeded(prompt_tokens=len(tokens), context_size=context_size)
+def _job(engine: Engine, prompts: list[list[int]], params: SamplingParams, n: int) -> _Job:
+    """Checks what can be checked before generating anything."""
+    for tokens in prompts:
+        if not tokens:
+            raise InvalidRequest("The prompt is empty.", param="prompt")
+        if len(tokens) >= engine.context_size:
+            raise ContextLengthExceeded(prompt_tokens=len(tokens), context_size=engine.context_size)
+    if n * len(prompts) > MAX_CHOICES_PER_REQUEST:
+        raise InvalidRequest(
+            f"At most {MAX_CHOICES_PER_REQUEST} choices per request; {len(prompts)} prompts "
+            f"times n={n} is more.",
+            param="n",
+        )
+    return _Job(engine, prompts, params, n)
 
 
 def _choice_params(params: SamplingParams, index: int) -> SamplingParams:
@@ -95,13 +320,145 @@ def _choice_params(params: SamplingParams, index: int) -> SamplingParams:
     return msgspec.structs.replace(params, seed=params.seed + index)
 
 
-async def _complete(
-    engine: Engine, tokens: list[int], params: SamplingParams
-) -> tuple[str, Finished]:
-    parts: list[str] = []
-    async for event in engine.generate(tokens, params):
+async def _merge(
+    runs: list[AsyncIterator[GenerationEvent]],
+) -> AsyncGenerator[tuple[int, GenerationEvent]]:
+    """Interleaves several generations; closing this cancels those still running."""
+    queue: asyncio.Queue[tuple[int, GenerationEvent | Exception]] = asyncio.Queue()
+
+    async def pump(index: int, run: AsyncIterator[GenerationEvent]) -> None:
+        try:
+            async for event in run:
+                queue.put_nowait((index, event))
+        except Exception as exc:
+            queue.put_nowait((index, exc))
+
+    tasks = [asyncio.create_task(pump(i, run)) for i, run in enumerate(runs)]
+    try:
+        running = len(runs)
+        while running:
+            index, event = await queue.get()
+            if isinstance(event, Exception):
+                raise event
+            yield index, event
+            if isinstance(event, Finished):
+                running -= 1
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _collect(job: _Job) -> list[_Choice]:
+    choices = [_Choice() for _ in range(job.choices)]
+    async for index, event in job.start():
         if isinstance(event, TextDelta):
-            parts.append(event.text)
+            choices[index].parts.append(event.text)
+            choices[index].logprobs.extend(event.logprobs)
         else:
-            return "".join(parts), event
-    raise RuntimeError("the engine ended a generation without a Finished event")
+            choices[index].finished = event
+    return choices
+
+
+async def _started(job: _Job) -> AsyncGenerator[tuple[int, GenerationEvent]]:
+    """Starts the generations and waits for their first event, so that an error raised before
+    anything was generated (a grammar llama.cpp rejects) is still an ordinary HTTP error."""
+    events = job.start()
+    try:
+        first = await anext(events)
+    except BaseException:
+        await events.aclose()
+        raise
+
+    async def resumed() -> AsyncGenerator[tuple[int, GenerationEvent]]:
+        try:
+            yield first
+            async for item in events:
+                yield item
+        finally:
+            await events.aclose()
+
+    return resumed()
+
+
+async def _stream(
+    job: _Job,
+    events: AsyncGenerator[tuple[int, GenerationEvent]],
+    on_event: Callable[[int, GenerationEvent], bytes],
+    usage_chunk: Callable[[Usage], bytes],
+    include_usage: bool,
+    opening: bytes | None = None,
+) -> AsyncIterator[bytes]:
+    completion_tokens = 0
+    try:
+        if opening is not None:
+            yield opening
+        async for index, event in events:
+            if isinstance(event, Finished):
+                completion_tokens += event.completion_tokens
+            yield on_event(index, event)
+        if include_usage:
+            yield usage_chunk(
+                Usage(
+                    prompt_tokens=job.prompt_tokens,
+                    completion_tokens=completion_tokens,
+                    total_tokens=job.prompt_tokens + completion_tokens,
+                )
+            )
+        yield _DONE
+    except ServiceError as exc:
+        yield _sse(ErrorResponse(ErrorDetail(exc.message, exc.error_type, exc.param, exc.code)))
+    except Exception:
+        logger.exception("a stream failed after it began")
+        yield _sse(
+            ErrorResponse(
+                ErrorDetail(
+                    "The server had an error while generating the response.", "server_error"
+                )
+            )
+        )
+    finally:
+        await events.aclose()
+
+
+def _sse(payload: msgspec.Struct) -> bytes:
+    return b"data: " + msgspec.json.encode(payload) + b"\n\n"
+
+
+def _usage(job: _Job, choices: list[_Choice]) -> Usage:
+    completion_tokens = sum(c.done.completion_tokens for c in choices)
+    return Usage(
+        prompt_tokens=job.prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=job.prompt_tokens + completion_tokens,
+    )
+
+
+def _chat_logprobs(tokens: list[TokenLogprob]) -> ChoiceLogprobs:
+    return ChoiceLogprobs(
+        content=[
+            TokenLogprobView(
+                token=t.token,
+                logprob=t.logprob,
+                bytes=list(t.bytes),
+                top_logprobs=[
+                    TopLogprobView(token=a.token, logprob=a.logprob, bytes=list(a.bytes))
+                    for a in t.top
+                ],
+            )
+            for t in tokens
+        ]
+    )
+
+
+def _completion_logprobs(tokens: list[TokenLogprob], offset: int) -> CompletionLogprobs:
+    offsets = []
+    for t in tokens:
+        offsets.append(offset)
+        offset += len(t.token)
+    return CompletionLogprobs(
+        tokens=[t.token for t in tokens],
+        token_logprobs=[t.logprob for t in tokens],
+        top_logprobs=[{a.token: a.logprob for a in t.top} for t in tokens],
+        text_offset=offsets,
+    )
