@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from app.errors import ModelUnavailable
+from app.errors import InvalidRequest, ModelUnavailable
 from app.inference.engine import Finished, SamplingParams, TextDelta
 from app.inference.llama_engine import LlamaEngine
 
@@ -97,6 +97,28 @@ async def test_closing_a_generation_early_frees_the_engine(engine: LlamaEngine) 
     await stream.aclose()  # type: ignore[attr-defined]
     _, finished = await run(engine, "Hello", max_tokens=4, temperature=0.0)
     assert finished.completion_tokens == 4
+
+
+async def test_reusing_a_cached_prefix_gives_the_same_text_as_a_cold_start(
+    engine: LlamaEngine, model_file: Path
+) -> None:
+    base = "The history of the Roman Empire"
+    await run(engine, base, max_tokens=12, temperature=0.0)  # fills the cache with `base`
+    warm, _ = await run(engine, base + " begins with", max_tokens=12, temperature=0.0)
+    repeat, _ = await run(engine, base + " begins with", max_tokens=12, temperature=0.0)
+    cold_engine = await LlamaEngine.load(model_file, context_size=256, threads=2)
+    try:
+        cold, _ = await run(cold_engine, base + " begins with", max_tokens=12, temperature=0.0)
+    finally:
+        await cold_engine.close()
+    assert "".join(warm) == "".join(cold) == "".join(repeat)
+
+
+async def test_a_grammar_llama_cpp_rejects_is_an_invalid_request(engine: LlamaEngine) -> None:
+    with pytest.raises(InvalidRequest, match="could not be compiled"):
+        await run(engine, "Hi", max_tokens=2, temperature=0.0, grammar="root ::= (")
+    _, finished = await run(engine, "Hi", max_tokens=2, temperature=0.0)
+    assert finished.completion_tokens == 2, "the engine keeps working"
 
 
 async def test_a_file_that_is_not_gguf_is_refused_by_name(tmp_path: Path) -> None:

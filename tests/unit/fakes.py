@@ -5,7 +5,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 
-from app.inference.engine import Finished, GenerationEvent, SamplingParams, TextDelta
+from app.inference.engine import (
+    ChatMessage,
+    Finished,
+    GenerationEvent,
+    SamplingParams,
+    TextDelta,
+)
 from app.inference.text import StopMatcher
 
 
@@ -13,19 +19,35 @@ class FakeEngine:
     """Tokenizes on whitespace and 'generates' a fixed list of words, honouring max_tokens/stop."""
 
     def __init__(
-        self, words: Sequence[str] = ("one", "two", "three", "four"), context_size: int = 64
+        self,
+        words: Sequence[str] = ("one", "two", "three", "four"),
+        context_size: int = 64,
+        fail_after: int | None = None,
     ):
         self.words = list(words)
+        self.fail_after = fail_after
         self._context_size = context_size
         self.calls: list[tuple[list[int], SamplingParams]] = []
+        self.chats: list[list[ChatMessage]] = []
         self.closed = False
 
     @property
     def context_size(self) -> int:
         return self._context_size
 
-    async def tokenize(self, text: str) -> list[int]:
+    @property
+    def vocab_size(self) -> int:
+        return 1000
+
+    async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
         return [len(word) for word in text.split()]
+
+    async def detokenize(self, tokens: Sequence[int]) -> str:
+        return " ".join("x" * t for t in tokens)
+
+    async def tokenize_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
+        self.chats.append(list(messages))
+        return await self.tokenize(" ".join(f"{m.role}: {m.content}" for m in messages))
 
     async def generate(
         self, prompt_tokens: Sequence[int], params: SamplingParams
@@ -38,6 +60,8 @@ class FakeEngine:
             if hit or count >= budget:
                 break
             await asyncio.sleep(0)
+            if self.fail_after is not None and count == self.fail_after:
+                raise RuntimeError("the engine broke")
             count += 1
             text, hit = stops.feed(" " + word)
             if text:
