@@ -280,6 +280,7 @@ class ChatCompletionRequest(_Sampling, kw_only=True):
     functions: list[dict[str, Any]] | None = None
     audio: dict[str, Any] | None = None
     modalities: list[str] | None = None
+    web_search_options: dict[str, Any] | None = None
 
     def _limit(self) -> int | None:
         return (
@@ -295,6 +296,8 @@ class ChatCompletionRequest(_Sampling, kw_only=True):
             raise InvalidRequest("Tool and function calling are not supported.", param=field)
         if self.tool_choice not in (None, "none", "auto"):
             raise InvalidRequest("Tool calling is not supported.", param="tool_choice")
+        if self.web_search_options is not None:
+            raise InvalidRequest("Web search is not supported.", param="web_search_options")
         if self.audio is not None or (self.modalities and set(self.modalities) != {"text"}):
             raise InvalidRequest("Only text output is supported.", param="modalities")
         if self.top_logprobs is not None and not self.logprobs:

@@ -236,6 +236,7 @@ async def test_errors_found_before_generating_are_plain_http_errors_when_streami
         ({**CHAT, "functions": [{"name": "f"}]}, "functions"),
         ({**CHAT, "tool_choice": "required"}, "tool_choice"),
         ({**CHAT, "modalities": ["text", "audio"]}, "modalities"),
+        ({**CHAT, "web_search_options": {}}, "web_search_options"),
         ({**CHAT, "top_logprobs": 2}, "top_logprobs"),
         ({**CHAT, "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
         ({**CHAT, "max_completion_tokens": 0}, "max_completion_tokens"),
