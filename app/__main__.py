@@ -9,6 +9,7 @@ import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from types import FrameType
 
 import msgspec
 import uvicorn
@@ -104,9 +105,16 @@ async def serve(settings: Settings) -> int:
         await db.close()
 
     host: ModelHost = app.state.host
-    server = uvicorn.Server(
-        uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, lifespan="on")
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        lifespan="on",
+        # Running streams may finish this long after SIGTERM before they are cut.
+        timeout_graceful_shutdown=int(settings.shutdown_grace) or None,
     )
+    server = _Server(config, on_exit=host.stop_admitting)
 
     async def stop_if_model_fails() -> None:
         if await host.wait_settled() is ModelState.FAILED:
@@ -119,6 +127,20 @@ async def serve(settings: Settings) -> int:
     finally:
         watcher.cancel()
     return 1 if host.state is ModelState.FAILED else 0
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, telling the app as soon as a shutdown signal arrives."""
+
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # From here on /health answers 503 and new generations are refused, while uvicorn
+        # lets the responses in flight finish.
+        self._on_exit()
+        super().handle_exit(sig, frame)
 
 
 async def _users(settings: Settings, args: argparse.Namespace) -> int:

@@ -153,6 +153,39 @@ class TooManyAttempts(ServiceError):
         return {"Retry-After": str(self.retry_after)}
 
 
+class QueueFull(ServiceError):
+    """Every slot is busy and the queue is full, or the request waited too long for a slot."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+    code = "queue_full"
+
+    def __init__(self, retry_after: int, *, waited: bool = False) -> None:
+        super().__init__(
+            "The server waited too long for a free generation slot; retry later."
+            if waited
+            else "The server is busy: every generation slot is taken and the queue is full."
+        )
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class EngineStopping(ServiceError):
+    """The server is shutting down and takes no new generations."""
+
+    status_code = 503
+    error_type = "unavailable_error"
+    code = "shutting_down"
+
+    def __init__(self) -> None:
+        super().__init__("The server is shutting down; retry on another instance or later.")
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "10"}
+
+
 class ModelUnavailable(Exception):
     """The model file cannot be obtained or loaded; stops the start with this one sentence."""
 

@@ -102,6 +102,26 @@ class Settings(
         Annotated[int, Meta(ge=1, le=1024)] | None,
         Meta(description="CPU threads for generation; empty means all cores."),
     ] = None
+    parallel: Annotated[
+        int,
+        Meta(
+            ge=1,
+            le=64,
+            description="Sequences generated at once (slots), each with a full context.",
+        ),
+    ] = 4
+    max_queue: Annotated[
+        int,
+        Meta(ge=0, le=10_000, description="Requests that may wait for a slot; beyond that, 429."),
+    ] = 16
+    queue_timeout: Annotated[
+        float,
+        Meta(gt=0, le=3600, description="Seconds a request may wait for a slot before a 429."),
+    ] = 60.0
+    shutdown_grace: Annotated[
+        float,
+        Meta(ge=0, le=3600, description="Seconds running generations may finish after SIGTERM."),
+    ] = 30.0
     chat_format_fallback: Annotated[
         Literal["zephyr", "chatml"],
         Meta(description="Chat format for a GGUF without a chat template: zephyr or chatml."),

@@ -70,6 +70,14 @@ class Finished(msgspec.Struct, frozen=True, kw_only=True):
 GenerationEvent = TextDelta | Finished
 
 
+class EngineStats(msgspec.Struct, frozen=True, kw_only=True):
+    """How busy the engine is."""
+
+    slots: int
+    busy: int
+    waiting: int
+
+
 class ChatMessage(msgspec.Struct, frozen=True):
     """A chat turn as chat templates see it."""
 
@@ -111,11 +119,21 @@ class Engine(Protocol):
         """Streams ``TextDelta``s, then one ``Finished``.
 
         ``max_tokens`` is clamped to what the context has room for (``Finished.reason`` is then
-        ``"length"``). Closing the iterator early cancels the generation. Raises
-        ``InvalidRequest`` (before any event) for a grammar llama.cpp cannot compile.
+        ``"length"``). Closing the iterator early cancels the generation. Raises, before any
+        event: ``InvalidRequest`` for a grammar llama.cpp cannot compile, ``QueueFull`` when no
+        slot frees up in time, ``EngineStopping`` during shutdown.
         """
         ...
 
-    async def close(self) -> None:
-        """Frees the model; no generation may be running."""
+    def stats(self) -> EngineStats:
+        """Slots in use and requests waiting for one."""
+        ...
+
+    def stop_admitting(self) -> None:
+        """From now on new generations are refused with ``EngineStopping`` (503)."""
+        ...
+
+    async def close(self, grace: float = 0.0) -> None:
+        """Stops admitting, lets running generations finish for up to ``grace`` seconds, then
+        cancels what is left and frees the model."""
         ...

@@ -8,8 +8,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from app.errors import ModelNotFound, ModelNotReady, ModelUnavailable
-from app.inference.engine import Engine
+from app.errors import EngineStopping, ModelNotFound, ModelNotReady, ModelUnavailable
+from app.inference.engine import Engine, EngineStats
 from app.inference.model_files import resolve_model_file
 from app.settings import Settings
 
@@ -36,6 +36,9 @@ async def load_llama_engine(path: Path, settings: Settings) -> Engine:
         path,
         context_size=settings.context_size,
         threads=settings.threads,
+        parallel=settings.parallel,
+        max_queue=settings.max_queue,
+        queue_timeout=settings.queue_timeout,
         fallback_chat_format=settings.chat_format_fallback,
     )
 
@@ -56,6 +59,7 @@ class ModelHost:
         self._engine = engine
         self.state = ModelState.READY if engine is not None else ModelState.STARTING
         self.error: str | None = None
+        self.stopping = False
         self._settled = asyncio.Event()
         if engine is not None:
             self._settled.set()
@@ -96,12 +100,24 @@ class ModelHost:
     def engine(self, model: str) -> Engine:
         """The engine for ``model``; raises if this service does not serve it or it is not ready."""
         self.check_model(model)
+        if self.stopping:
+            raise EngineStopping()
         if self._engine is None or self.state is not ModelState.READY:
             raise ModelNotReady(model, self.state.value)
         return self._engine
 
+    def stats(self) -> EngineStats | None:
+        """The engine's load, once it is loaded."""
+        return self._engine.stats() if self._engine is not None else None
+
+    def stop_admitting(self) -> None:
+        """Shutdown has begun: health says so and new generations get a 503."""
+        self.stopping = True
+        if self._engine is not None:
+            self._engine.stop_admitting()
+
     async def close(self) -> None:
-        """Frees the engine."""
+        """Lets running generations finish (up to the shutdown grace), then frees the engine."""
         engine, self._engine = self._engine, None
         if engine is not None:
-            await engine.close()
+            await engine.close(grace=self._settings.shutdown_grace)

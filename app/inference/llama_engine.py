@@ -1,34 +1,41 @@
-"""The first engine: one llama.cpp context, one generation at a time, on its own thread.
+"""The llama.cpp engine: continuous batching over parallel sequence slots, on one thread.
 
-Every llama.cpp call that touches the context runs on a single worker thread, so the event loop
-never blocks and concurrent requests simply queue. A prompt that shares a prefix with what the
-context already holds reuses those positions of the KV cache instead of computing them again.
-Each generation samples with its own llama.cpp sampler chain (bias, penalties, grammar, top-k,
-top-p, min-p, temperature, seed).
+One llama.cpp context holds ``parallel`` sequences, each with a full context window of its own. A
+scheduler thread runs steps: every step decodes, in one batch, the next token of every running
+sequence plus a chunk of the prompt of sequences still prefilling (so a long prompt never freezes
+the running streams), then samples each sequence with its own sampler chain. On a CPU a batch of
+several sequences costs little more than one, which is where the throughput comes from.
+
+A slot keeps its KV cache after its request ends; a new request goes to the free slot whose cache
+shares the longest prefix with its prompt, and only the rest is computed. Requests beyond the
+slots wait in a bounded queue. A request whose consumer goes away is dropped at the next step.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
 import random
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import jinja2
 import llama_cpp
 import numpy as np
-from llama_cpp._internals import LlamaSampler
+from llama_cpp import _internals as internals
+from llama_cpp import _logger as llama_cpp_logger
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-from app.errors import InvalidRequest, ModelUnavailable
+from app.errors import EngineStopping, InvalidRequest, ModelUnavailable, QueueFull
 from app.inference.engine import (
     ChatMessage,
+    EngineStats,
     Finished,
     FinishReason,
     GenerationEvent,
@@ -44,6 +51,8 @@ logger = logging.getLogger(__name__)
 _GGUF_MAGIC = b"GGUF"
 # Repetition penalties look this many tokens back (llama.cpp's default).
 _PENALTY_WINDOW = 64
+# Tokens decoded per step at most; prompt chunks fill what generating sequences leave.
+_BATCH = 512
 
 # Chat formats for GGUFs that carry no template of their own.
 FALLBACK_CHAT_TEMPLATES = {
@@ -59,22 +68,70 @@ FALLBACK_CHAT_TEMPLATES = {
     ),
 }
 
+# Events go to the request's asyncio queue: this marker first (a slot was found), then
+# TextDelta and Finished events, or an exception.
+Emit = Callable[[object], None]
+_ADMITTED = object()
+
+
+@dataclass
+class _Request:
+    """One generation, from the queue to its last event."""
+
+    prompt: list[int]
+    params: SamplingParams
+    emit: Emit
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class _Slot:
+    """A sequence of the context: the tokens its KV cache holds, and what it is generating."""
+
+    seq: int
+    cached: list[int] = field(default_factory=list)
+    request: _Request | None = None
+    sampler: internals.LlamaSampler | None = None
+    prefilled: int = 0
+    max_tokens: int = 0
+    generated: int = 0
+    last_token: int = -1
+    utf8: Utf8Stream = field(default_factory=Utf8Stream)
+    stops: StopMatcher = field(default_factory=lambda: StopMatcher(()))
+    pending: list[TokenLogprob] = field(default_factory=list)
+
 
 class LlamaEngine:
-    """``Engine`` over llama-cpp-python, serving one request at a time."""
+    """``Engine`` over llama.cpp with ``parallel`` sequences decoded together."""
 
     def __init__(
-        self, llama: llama_cpp.Llama, executor: ThreadPoolExecutor, fallback_chat_format: str
+        self,
+        model: internals.LlamaModel,
+        context: internals.LlamaContext,
+        *,
+        parallel: int,
+        context_size: int,
+        max_queue: int,
+        queue_timeout: float,
+        fallback_chat_format: str,
     ) -> None:
-        self._llama = llama
-        self._executor = executor
-        self._context_size = int(llama.n_ctx())
-        self._vocab_size = int(llama.n_vocab())
-        # llama-cpp-python exposes no public end-of-generation test or vocabulary handle; its
-        # own completion code uses these the same way.
-        self._model = llama._model
-        self._vocab = llama._model.vocab
+        self._model = model
+        self._ctx = context
+        self._context_size = context_size
+        self._vocab = model.vocab
+        self._vocab_size = int(model.n_vocab())
+        self._max_queue = max_queue
+        self._queue_timeout = queue_timeout
         self._chat = self._chat_formatter(fallback_chat_format)
+        self._batch = internals.LlamaBatch(n_tokens=_BATCH, embd=0, n_seq_max=1, verbose=False)
+        self._memory = llama_cpp.llama_get_memory(context.ctx)
+        self._slots = [_Slot(seq) for seq in range(parallel)]
+        self._waiting: collections.deque[_Request] = collections.deque()
+        self._lock = threading.Condition()
+        self._admitting = True
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="llama-scheduler", daemon=True)
+        self._thread.start()
 
     @classmethod
     async def load(
@@ -83,25 +140,30 @@ class LlamaEngine:
         *,
         context_size: int,
         threads: int | None = None,
+        parallel: int = 1,
+        max_queue: int = 16,
+        queue_timeout: float = 60.0,
         fallback_chat_format: str = "zephyr",
     ) -> LlamaEngine:
         """Loads the GGUF at ``path`` off the event loop.
 
         Raises ``ModelUnavailable`` with a sentence naming the file if it is not a loadable GGUF.
         """
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
-        loop = asyncio.get_running_loop()
-        try:
-            llama = await loop.run_in_executor(
-                executor, _load_llama, path, context_size, threads or _cpu_count()
-            )
-        except BaseException:
-            executor.shutdown(wait=False)
-            raise
-        return cls(llama, executor, fallback_chat_format)
+        model, context = await asyncio.to_thread(
+            _load, path, context_size, threads or _cpu_count(), parallel
+        )
+        return cls(
+            model,
+            context,
+            parallel=parallel,
+            context_size=context_size,
+            max_queue=max_queue,
+            queue_timeout=queue_timeout,
+            fallback_chat_format=fallback_chat_format,
+        )
 
     def _chat_formatter(self, fallback: str) -> Jinja2ChatFormatter:
-        template = self._llama.metadata.get("tokenizer.chat_template")
+        template = self._model.metadata().get("tokenizer.chat_template")
         if not template:
             logger.info("the model has no chat template; using the %s format", fallback)
             template = FALLBACK_CHAT_TEMPLATES[fallback]
@@ -112,6 +174,8 @@ class LlamaEngine:
             bos_token=self._model.token_get_text(bos) if bos != -1 else "",
         )
 
+    # --- what the services ask -----------------------------------------------------------------
+
     @property
     def context_size(self) -> int:
         return self._context_size
@@ -120,22 +184,25 @@ class LlamaEngine:
     def vocab_size(self) -> int:
         return self._vocab_size
 
-    # Tokenizing only reads the vocabulary, so it may run beside a generation.
+    def stats(self) -> EngineStats:
+        with self._lock:
+            busy = sum(slot.request is not None for slot in self._slots)
+            return EngineStats(slots=len(self._slots), busy=busy, waiting=len(self._waiting))
+
+    # Tokenizing only reads the vocabulary, so it may run beside the scheduler.
 
     async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
         return await asyncio.to_thread(self._tokenize, text, add_special)
 
     def _tokenize(self, text: str, add_special: bool) -> list[int]:
-        tokens: list[int] = self._llama.tokenize(
-            text.encode("utf-8"), add_bos=add_special, special=True
-        )
+        tokens: list[int] = self._model.tokenize(text.encode("utf-8"), add_special, True)
         return tokens
 
     async def detokenize(self, tokens: Sequence[int]) -> str:
         return await asyncio.to_thread(self._detokenize, list(tokens))
 
     def _detokenize(self, tokens: list[int]) -> str:
-        text: bytes = self._llama.detokenize(tokens)
+        text: bytes = self._model.detokenize(tokens)
         return text.decode("utf-8", errors="replace")
 
     async def tokenize_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
@@ -157,53 +224,247 @@ class LlamaEngine:
         self, prompt_tokens: Sequence[int], params: SamplingParams
     ) -> AsyncIterator[GenerationEvent]:
         loop = asyncio.get_running_loop()
-        events: asyncio.Queue[GenerationEvent | BaseException] = asyncio.Queue()
-        cancelled = threading.Event()
+        events: asyncio.Queue[object] = asyncio.Queue()
 
-        def emit(event: GenerationEvent | BaseException) -> None:
+        def emit(event: object) -> None:
             with contextlib.suppress(RuntimeError):  # the loop closed: nobody is listening
                 loop.call_soon_threadsafe(events.put_nowait, event)
 
-        loop.run_in_executor(
-            self._executor, self._run, list(prompt_tokens), params, emit, cancelled
-        )
+        request = _Request(list(prompt_tokens), params, emit)
+        self._enqueue(request)
         try:
+            await self._wait_for_slot(request, events)
             while True:
                 event = await events.get()
                 if isinstance(event, BaseException):
                     raise event
+                assert isinstance(event, TextDelta | Finished)
                 yield event
                 if isinstance(event, Finished):
                     return
         finally:
-            cancelled.set()
+            request.cancelled.set()
 
-    def _run(
-        self,
-        prompt: list[int],
-        params: SamplingParams,
-        emit: Callable[[GenerationEvent | BaseException], None],
-        cancelled: threading.Event,
-    ) -> None:
-        """Runs one generation on the worker thread, emitting events as it goes."""
-        if cancelled.is_set():
-            return
-        try:
-            sampler = self._sampler(params)
-        except InvalidRequest as exc:
-            emit(exc)
-            return
-        try:
-            emit(self._generate(prompt, params, sampler, emit, cancelled))
-        except Exception as exc:
-            logger.exception("generation failed")
-            emit(exc)
-        finally:
-            sampler.close()
+    def _enqueue(self, request: _Request) -> None:
+        with self._lock:
+            if not self._admitting:
+                raise EngineStopping()
+            if len(self._waiting) >= self._max_queue and not self._free_slot():
+                raise QueueFull(retry_after=self._retry_after())
+            self._waiting.append(request)
+            self._lock.notify_all()
 
-    def _sampler(self, params: SamplingParams) -> LlamaSampler:
+    def _free_slot(self) -> bool:
+        return any(slot.request is None for slot in self._slots)
+
+    async def _wait_for_slot(self, request: _Request, events: asyncio.Queue[object]) -> None:
+        """Waits for the scheduler to admit the request; a 429 after the queue timeout."""
+        try:
+            first = await asyncio.wait_for(events.get(), self._queue_timeout)
+        except TimeoutError:
+            with self._lock:
+                if request in self._waiting:
+                    self._waiting.remove(request)
+                    raise QueueFull(retry_after=self._retry_after(), waited=True) from None
+            first = await events.get()  # admitted just as the time ran out
+        if first is not _ADMITTED:  # refused on admission (a grammar llama.cpp rejects)
+            assert isinstance(first, BaseException)
+            raise first
+
+    def _retry_after(self) -> int:
+        return max(1, int(self._queue_timeout / 4))
+
+    def stop_admitting(self) -> None:
+        """New requests get a 503 from now on; running and waiting ones carry on."""
+        with self._lock:
+            self._admitting = False
+
+    async def close(self, grace: float = 0.0) -> None:
+        """Stops admitting, lets running work finish for up to ``grace`` seconds, then frees."""
+        self.stop_admitting()
+        await asyncio.to_thread(self._wait_idle, grace)
+        with self._lock:
+            self._stopping = True
+            self._lock.notify_all()
+        await asyncio.to_thread(self._thread.join)
+        self._batch.close()
+        self._ctx.close()
+        self._model.close()
+
+    def _wait_idle(self, timeout: float) -> None:
+        with self._lock:
+            self._lock.wait_for(lambda: not self._busy() and not self._waiting, timeout)
+
+    # --- the scheduler thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._stopping and not self._waiting and not self._busy():
+                    self._lock.wait()
+                if self._stopping:
+                    break
+                self._admit()
+            try:
+                self._step()
+            except Exception as exc:  # a failed decode: fail what was running, keep serving
+                logger.exception("a decode step failed")
+                for slot in self._slots:
+                    if slot.request is not None:
+                        slot.request.emit(exc)
+                        self._release(slot, keep_cache=False)
+        for slot in self._slots:
+            if slot.request is not None:
+                slot.request.emit(EngineStopping())
+                self._release(slot, keep_cache=False)
+        for request in self._waiting:
+            request.emit(EngineStopping())
+
+    def _busy(self) -> bool:
+        return any(slot.request is not None for slot in self._slots)
+
+    def _admit(self) -> None:
+        """Moves waiting requests into free slots (called with the lock held)."""
+        free = [slot for slot in self._slots if slot.request is None]
+        while free and self._waiting:
+            request = self._waiting.popleft()
+            if request.cancelled.is_set():
+                continue
+            slot = max(free, key=lambda s: _common_prefix(s.cached, request.prompt))
+            try:
+                self._start(slot, request)
+            except InvalidRequest as exc:
+                request.emit(exc)
+                continue
+            request.emit(_ADMITTED)
+            free.remove(slot)
+
+    def _start(self, slot: _Slot, request: _Request) -> None:
+        params = request.params
+        slot.sampler = self._sampler(params)
+        # Keep the cached prefix, but evaluate at least the last prompt token again so that
+        # there are fresh logits to sample the first token from.
+        keep = min(_common_prefix(slot.cached, request.prompt), len(request.prompt) - 1)
+        if not llama_cpp.llama_memory_seq_rm(self._memory, slot.seq, keep, -1):
+            keep = 0
+            llama_cpp.llama_memory_seq_rm(self._memory, slot.seq, -1, -1)
+        slot.cached = slot.cached[:keep]
+        slot.request = request
+        slot.prefilled = keep
+        slot.max_tokens = min(params.max_tokens, self._context_size - len(request.prompt))
+        slot.generated = 0
+        slot.utf8 = Utf8Stream()
+        slot.stops = StopMatcher(params.stop)
+        slot.pending = []
+
+    def _step(self) -> None:
+        """One decode of the next token of each running sequence plus prompt chunks."""
+        batch = self._batch.batch
+        batch.n_tokens = 0
+        to_sample: list[tuple[_Slot, int]] = []
+
+        def add(slot: _Slot, token: int, logits: bool) -> None:
+            i = batch.n_tokens
+            batch.token[i] = token
+            batch.pos[i] = len(slot.cached)
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = slot.seq
+            batch.logits[i] = logits
+            batch.n_tokens = i + 1
+            slot.cached.append(token)
+            if logits:
+                to_sample.append((slot, i))
+
+        active = [slot for slot in self._slots if slot.request is not None]
+        for slot in active:
+            if slot.request is not None and slot.request.cancelled.is_set():
+                self._release(slot, keep_cache=True)
+        running = [s for s in active if s.request is not None]
+        for slot in running:
+            if slot.request is not None and slot.prefilled == len(slot.request.prompt):
+                add(slot, slot.last_token, True)
+        for slot in running:
+            request = slot.request
+            if request is None or slot.prefilled == len(request.prompt):
+                continue
+            room = _BATCH - batch.n_tokens
+            if room <= 0:
+                break
+            chunk = request.prompt[slot.prefilled : slot.prefilled + room]
+            slot.prefilled += len(chunk)
+            done = slot.prefilled == len(request.prompt)
+            for j, token in enumerate(chunk):
+                add(slot, token, done and j == len(chunk) - 1)
+        if batch.n_tokens == 0:
+            return
+        self._ctx.decode(self._batch)
+        for slot, index in to_sample:
+            self._sample(slot, index)
+
+    def _sample(self, slot: _Slot, index: int) -> None:
+        request, sampler = slot.request, slot.sampler
+        assert request is not None
+        assert sampler is not None
+        params = request.params
+        if slot.max_tokens <= 0:
+            self._finish(slot, "length", hit=False)
+            return
+        token = sampler.sample(self._ctx, index)
+        if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+            self._finish(slot, "stop", hit=False)
+            return
+        slot.generated += 1
+        piece = self._piece(token)
+        if params.logprobs is not None:
+            slot.pending.append(self._logprob(index, token, piece, params.logprobs))
+        text, hit = slot.stops.feed(slot.utf8.feed(piece))
+        if hit:
+            slot.pending.clear()  # those tokens made the stop sequence, which is not returned
+        if text:
+            request.emit(TextDelta(text, tuple(slot.pending)))
+            slot.pending.clear()
+        if hit:
+            self._finish(slot, "stop", hit=True)
+        elif slot.generated >= slot.max_tokens:
+            self._finish(slot, "length", hit=False)
+        else:
+            slot.last_token = token
+
+    def _finish(self, slot: _Slot, reason: FinishReason, *, hit: bool) -> None:
+        request = slot.request
+        assert request is not None
+        if not hit:
+            # Release what was held back: an unfinished character, a partial stop sequence.
+            tail, hit = slot.stops.feed(slot.utf8.flush())
+            tail = tail if hit else tail + slot.stops.flush()
+            if tail or slot.pending:
+                request.emit(TextDelta(tail, tuple(slot.pending)))
+        request.emit(
+            Finished(
+                reason=reason,
+                prompt_tokens=len(request.prompt),
+                completion_tokens=slot.generated,
+            )
+        )
+        self._release(slot, keep_cache=True)
+
+    def _release(self, slot: _Slot, *, keep_cache: bool) -> None:
+        if slot.sampler is not None:
+            slot.sampler.close()
+        if not keep_cache:
+            llama_cpp.llama_memory_seq_rm(self._memory, slot.seq, -1, -1)
+            slot.cached = []
+        with self._lock:
+            slot.sampler, slot.request = None, None
+            self._lock.notify_all()  # close() may be waiting for the engine to go idle
+
+    def _piece(self, token: int) -> bytes:
+        piece: bytes = self._model.detokenize([token])
+        return piece
+
+    def _sampler(self, params: SamplingParams) -> internals.LlamaSampler:
         """A fresh sampler chain for one generation, in llama.cpp's usual order."""
-        sampler = LlamaSampler()
+        sampler = internals.LlamaSampler()
         if params.logit_bias:
             sampler.add_logit_bias(self._vocab_size, dict(params.logit_bias))
         if params.repeat_penalty != 1 or params.presence_penalty or params.frequency_penalty:
@@ -237,66 +498,9 @@ class LlamaEngine:
             sampler.add_dist(seed & 0xFFFFFFFF)
         return sampler
 
-    def _prefill(self, prompt: list[int]) -> None:
-        """Brings the context to ``prompt``, keeping the longest prefix it already holds."""
-        llama = self._llama
-        # At least one prompt token is evaluated again, so fresh logits exist to sample from.
-        limit = min(llama.n_tokens, len(prompt) - 1)
-        held = np.asarray(llama.input_ids[:limit])
-        differs = np.flatnonzero(held != np.asarray(prompt[:limit]))
-        llama.n_tokens = int(differs[0]) if differs.size else limit
-        llama.eval(prompt[llama.n_tokens :])
-
-    def _generate(
-        self,
-        prompt: list[int],
-        params: SamplingParams,
-        sampler: LlamaSampler,
-        emit: Callable[[GenerationEvent | BaseException], None],
-        cancelled: threading.Event,
-    ) -> Finished:
-        llama = self._llama
-        max_tokens = min(params.max_tokens, self._context_size - len(prompt))
-        utf8, stops = Utf8Stream(), StopMatcher(params.stop)
-        reason: FinishReason = "length"
-        generated, hit = 0, False
-        pending: list[TokenLogprob] = []  # logprobs of tokens whose text is not released yet
-        if max_tokens > 0:
-            self._prefill(prompt)
-        while generated < max_tokens:
-            if cancelled.is_set():
-                reason = "stop"
-                break
-            token = sampler.sample(llama._ctx, -1)
-            if llama_cpp.llama_vocab_is_eog(self._vocab, token):
-                reason = "stop"
-                break
-            generated += 1
-            piece = llama.detokenize([token])
-            if params.logprobs is not None:
-                pending.append(self._logprob(token, piece, params.logprobs))
-            text, hit = stops.feed(utf8.feed(piece))
-            if hit:
-                pending.clear()  # those tokens made the stop sequence, which is not returned
-            if text:
-                emit(TextDelta(text, tuple(pending)))
-                pending.clear()
-            if hit:
-                reason = "stop"
-                break
-            if generated < max_tokens:
-                llama.eval([token])
-        if not hit:
-            # Release what was held back: an unfinished character, a partial stop sequence.
-            tail, hit = stops.feed(utf8.flush())
-            tail = tail if hit else tail + stops.flush()
-            if tail or pending:
-                emit(TextDelta(tail, tuple(pending)))
-        return Finished(reason=reason, prompt_tokens=len(prompt), completion_tokens=generated)
-
-    def _logprob(self, token: int, piece: bytes, top: int) -> TokenLogprob:
+    def _logprob(self, index: int, token: int, piece: bytes, top: int) -> TokenLogprob:
         """The token's log probability under the model, from the logits it was sampled from."""
-        pointer = self._llama._ctx.get_logits_ith(-1)
+        pointer = self._ctx.get_logits_ith(index)
         logits = np.ctypeslib.as_array(pointer, shape=(self._vocab_size,)).astype(np.float64)
         peak = logits.max()
         logprobs = logits - (peak + np.log(np.exp(logits - peak).sum()))
@@ -313,19 +517,25 @@ class LlamaEngine:
         )
 
     def _top(self, token: int, logprob: float) -> TopLogprob:
-        piece: bytes = self._llama.detokenize([token])
+        piece = self._piece(token)
         return TopLogprob(piece.decode("utf-8", errors="replace"), tuple(piece), logprob)
 
-    async def close(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._llama.close)
-        self._executor.shutdown(wait=True)
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    limit = min(len(a), len(b))
+    if not limit:
+        return 0
+    differs = np.flatnonzero(np.asarray(a[:limit]) != np.asarray(b[:limit]))
+    return int(differs[0]) if differs.size else limit
 
 
 def _cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _load_llama(path: Path, context_size: int, threads: int) -> llama_cpp.Llama:
+def _load(
+    path: Path, context_size: int, threads: int, parallel: int
+) -> tuple[internals.LlamaModel, internals.LlamaContext]:
     try:
         with path.open("rb") as f:
             magic = f.read(4)
@@ -335,16 +545,33 @@ def _load_llama(path: Path, context_size: int, threads: int) -> llama_cpp.Llama:
         raise ModelUnavailable(
             f"The model file {path} is not a GGUF file; point APP_MODEL_PATH at a .gguf model."
         )
+    llama_cpp.llama_backend_init()
+    # llama.cpp logs every load step to stderr; keep only its errors, as Llama(verbose=False).
+    llama_cpp_logger.set_verbose(False)
     try:
-        return llama_cpp.Llama(
-            model_path=str(path),
-            n_ctx=context_size,
-            n_threads=threads,
-            n_threads_batch=threads,
-            verbose=False,
+        model = internals.LlamaModel(
+            path_model=str(path), params=llama_cpp.llama_model_default_params(), verbose=False
         )
-    except ValueError as exc:
+    except ValueError:
         raise ModelUnavailable(
             f"llama.cpp could not load the model file {path}; it may be truncated or of an "
             "unsupported architecture."
-        ) from exc
+        ) from None
+    params = llama_cpp.llama_context_default_params()
+    # Each sequence gets a whole context window of its own.
+    params.n_ctx = context_size * parallel
+    params.n_seq_max = parallel
+    params.kv_unified = False
+    params.n_batch = _BATCH
+    params.n_ubatch = _BATCH
+    params.n_threads = threads
+    params.n_threads_batch = threads
+    try:
+        context = internals.LlamaContext(model=model, params=params, verbose=False)
+    except ValueError:
+        model.close()
+        raise ModelUnavailable(
+            f"llama.cpp could not create a context for {path} ({parallel} x {context_size} "
+            "tokens); lower APP_PARALLEL or APP_CONTEXT_SIZE."
+        ) from None
+    return model, context

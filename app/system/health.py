@@ -20,11 +20,15 @@ class Health(msgspec.Struct, kw_only=True):
     status: Annotated[
         str,
         msgspec.Meta(
-            description="`ok` when ready; else `starting`, `downloading`, `loading` or `failed`."
+            description="`ok` when ready; else `starting`, `downloading`, `loading`, `failed` "
+            "or `stopping`."
         ),
     ]
     model: str
     error: str | None = None
+    slots: Annotated[int | None, msgspec.Meta(description="Sequences generated at once.")] = None
+    slots_busy: int | None = None
+    queue: Annotated[int | None, msgspec.Meta(description="Requests waiting for a slot.")] = None
 
 
 @get(
@@ -36,12 +40,17 @@ class Health(msgspec.Struct, kw_only=True):
     responses={503: ResponseSpec(data_container=Health, description="Not ready yet.")},
 )
 async def health(host: NamedDependency[SkipValidation[ModelHost]]) -> Response[Health]:
-    ready = host.state is ModelState.READY
+    ready = host.state is ModelState.READY and not host.stopping
+    stats = host.stats()
+    status = "stopping" if host.stopping else "ok" if ready else host.state.value
     return Response(
         Health(
-            status="ok" if ready else host.state.value,
+            status=status,
             model=host.model_id,
             error=host.error,
+            slots=stats.slots if stats else None,
+            slots_busy=stats.busy if stats else None,
+            queue=stats.waiting if stats else None,
         ),
         status_code=200 if ready else 503,
     )

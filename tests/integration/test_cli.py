@@ -61,25 +61,27 @@ def run_app(
 @contextmanager
 def serving(tmp_path: Path, **env: str) -> Iterator[str]:
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app", "serve"],
-        env=app_env(tmp_path, APP_PORT=str(port), **env),
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(url)
-        yield url
-    finally:
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=60)
-        # uvicorn shuts down gracefully, then re-raises SIGTERM so supervisors see it.
-        assert process.returncode in (0, -signal.SIGTERM), stderr
-        assert "Application shutdown complete" in stderr
-        assert "Traceback" not in stderr, stderr
+    log = tmp_path / f"serve-{port}.log"  # a file, not a pipe: a full pipe would block the server
+    with log.open("w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app", "serve"],
+            env=app_env(tmp_path, APP_PORT=str(port), **env),
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_healthy(url)
+            yield url
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=60)
+    output = log.read_text()
+    # uvicorn shuts down gracefully, then re-raises SIGTERM so supervisors see it.
+    assert process.returncode in (0, -signal.SIGTERM), output
+    assert "Application shutdown complete" in output
+    assert "Traceback" not in output, output
 
 
 def test_bad_configuration_stops_the_start_naming_the_variable(tmp_path: Path) -> None:

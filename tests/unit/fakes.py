@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 
 from app.inference.engine import (
     ChatMessage,
+    EngineStats,
     Finished,
     GenerationEvent,
     SamplingParams,
@@ -30,6 +31,7 @@ class FakeEngine:
         self.calls: list[tuple[list[int], SamplingParams]] = []
         self.chats: list[list[ChatMessage]] = []
         self.closed = False
+        self.admitting = True
 
     @property
     def context_size(self) -> int:
@@ -74,5 +76,11 @@ class FakeEngine:
             completion_tokens=count,
         )
 
-    async def close(self) -> None:
+    def stats(self) -> EngineStats:
+        return EngineStats(slots=1, busy=0, waiting=0)
+
+    def stop_admitting(self) -> None:
+        self.admitting = False
+
+    async def close(self, grace: float = 0.0) -> None:
         self.closed = True
