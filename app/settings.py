@@ -107,7 +107,7 @@ class Settings(
         Meta(
             ge=1,
             le=64,
-            description="Sequences generated at once (slots), each with a full context.",
+            description="Sequences generated at once (slots), each a full context.",
         ),
     ] = 4
     max_queue: Annotated[
