@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -266,3 +267,45 @@ def test_users_commands_explain_what_went_wrong(tmp_path: Path) -> None:
     no_tty = run_app(tmp_path, "users", "create", "erin")
     assert no_tty.returncode == 2
     assert "--password-stdin" in no_tty.stderr
+
+
+def test_sigterm_lets_a_running_stream_finish(tmp_path: Path, model_file: Path) -> None:
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with log.open("w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app", "serve"],
+            env=app_env(tmp_path, APP_PORT=str(port), APP_MODEL_PATH=str(model_file)),
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_healthy(url)
+            token = access_token(url, "admin", ADMIN_PASSWORD)
+            body = {
+                "model": "tinyllama-1.1b",
+                "prompt": "Story:",
+                "max_tokens": 120,
+                "stream": True,
+            }
+            body["stop"] = ["@@"]
+            with httpx.stream(
+                "POST",
+                f"{url}/v1/completions",
+                json=body,
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=60,
+            ) as response:
+                lines = response.iter_lines()
+                assert next(lines).startswith("data: ")
+                process.send_signal(signal.SIGTERM)
+                rest = list(lines)
+            assert "data: [DONE]" in rest
+            finish = [json.loads(line[6:]) for line in rest if line.startswith("data: {")][-1]
+            assert finish["choices"][0]["finish_reason"] == "length"
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=60)
+    assert "Application shutdown complete" in log.read_text()

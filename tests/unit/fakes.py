@@ -24,9 +24,11 @@ class FakeEngine:
         words: Sequence[str] = ("one", "two", "three", "four"),
         context_size: int = 64,
         fail_after: int | None = None,
+        refuse: Exception | None = None,
     ):
         self.words = list(words)
         self.fail_after = fail_after
+        self.refuse = refuse  # raised before any event, as a full queue is
         self._context_size = context_size
         self.calls: list[tuple[list[int], SamplingParams]] = []
         self.chats: list[list[ChatMessage]] = []
@@ -54,6 +56,8 @@ class FakeEngine:
     async def generate(
         self, prompt_tokens: Sequence[int], params: SamplingParams
     ) -> AsyncIterator[GenerationEvent]:
+        if self.refuse is not None:
+            raise self.refuse
         self.calls.append((list(prompt_tokens), params))
         budget = min(params.max_tokens, self._context_size - len(prompt_tokens))
         stops = StopMatcher(params.stop)

@@ -11,6 +11,7 @@ import openai
 import pytest
 from litestar.testing import AsyncTestClient
 
+from app.errors import QueueFull
 from app.factory import create_app
 from tests.unit.conftest import ADMIN, ADMIN_PASSWORD, bearer, login, settings_for
 from tests.unit.fakes import FakeEngine
@@ -308,3 +309,33 @@ async def test_an_oversized_body_is_a_413_in_openai_shape(client: AsyncTestClien
     response = await client.post("/v1/completions", json={"model": MODEL, "prompt": "x" * 5000})
     assert response.status_code == 413
     assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_full_queue_is_a_429_with_retry_after(tmp_path: Path, stream: bool) -> None:
+    app = create_app(settings_for(tmp_path), engine=FakeEngine(refuse=QueueFull(retry_after=7)))
+    async with AsyncTestClient(app=app) as client:
+        client.headers.update(bearer(await login(client, ADMIN, ADMIN_PASSWORD)))
+        response = await client.post("/v1/chat/completions", json={**CHAT, "stream": stream})
+        assert response.status_code == 429
+        assert response.headers["retry-after"] == "7"
+        error = response.json()["error"]
+        assert (error["type"], error["code"]) == ("rate_limit_error", "queue_full")
+        with pytest.raises(openai.RateLimitError):
+            await (
+                sdk(client)
+                .with_options(max_retries=0)
+                .chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}])
+            )
+
+
+async def test_a_stopping_server_answers_503(tmp_path: Path) -> None:
+    app = create_app(settings_for(tmp_path), engine=FakeEngine())
+    async with AsyncTestClient(app=app) as client:
+        client.headers.update(bearer(await login(client, ADMIN, ADMIN_PASSWORD)))
+        app.state.host.stop_admitting()
+        health = await client.get("/health")
+        assert (health.status_code, health.json()["status"]) == (503, "stopping")
+        response = await client.post("/v1/chat/completions", json=CHAT)
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "shutting_down"
