@@ -32,6 +32,8 @@ class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
     """A GBNF grammar (root rule ``root``) that every generated text must match."""
     logprobs: int | None = None
     """None: no log probabilities; n: each token's, plus the n most likely alternatives."""
+    ignore_eos: bool = False
+    """Generate until max_tokens or a stop sequence, never ending at end-of-text."""
 
 
 class TopLogprob(msgspec.Struct, frozen=True):

@@ -20,7 +20,7 @@ import logging
 import os
 import random
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,18 +70,23 @@ FALLBACK_CHAT_TEMPLATES = {
 
 # Events go to the request's asyncio queue: this marker first (a slot was found), then
 # TextDelta and Finished events, or an exception.
-Emit = Callable[[object], None]
 _ADMITTED = object()
 
 
-@dataclass
+@dataclass(eq=False)
 class _Request:
     """One generation, from the queue to its last event."""
 
     prompt: list[int]
     params: SamplingParams
-    emit: Emit
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue[object]
+    outbox: list[tuple[_Request, object]]
     cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def emit(self, event: object) -> None:
+        """Queues ``event``; the scheduler delivers a whole step's events in one wake-up."""
+        self.outbox.append((self, event))
 
 
 @dataclass
@@ -123,10 +128,13 @@ class LlamaEngine:
         self._max_queue = max_queue
         self._queue_timeout = queue_timeout
         self._chat = self._chat_formatter(fallback_chat_format)
+        self._end_tokens = {t for t in (model.token_eos(), model.token_eot()) if t >= 0}
         self._batch = internals.LlamaBatch(n_tokens=_BATCH, embd=0, n_seq_max=1, verbose=False)
         self._memory = llama_cpp.llama_get_memory(context.ctx)
         self._slots = [_Slot(seq) for seq in range(parallel)]
         self._waiting: collections.deque[_Request] = collections.deque()
+        # Filled by the scheduler thread only; delivered by _deliver after each iteration.
+        self._outbox: list[tuple[_Request, object]] = []
         self._lock = threading.Condition()
         self._admitting = True
         self._stopping = False
@@ -223,14 +231,10 @@ class LlamaEngine:
     async def generate(
         self, prompt_tokens: Sequence[int], params: SamplingParams
     ) -> AsyncIterator[GenerationEvent]:
-        loop = asyncio.get_running_loop()
         events: asyncio.Queue[object] = asyncio.Queue()
-
-        def emit(event: object) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop closed: nobody is listening
-                loop.call_soon_threadsafe(events.put_nowait, event)
-
-        request = _Request(list(prompt_tokens), params, emit)
+        request = _Request(
+            list(prompt_tokens), params, asyncio.get_running_loop(), events, self._outbox
+        )
         self._enqueue(request)
         try:
             await self._wait_for_slot(request, events)
@@ -313,12 +317,26 @@ class LlamaEngine:
                     if slot.request is not None:
                         slot.request.emit(exc)
                         self._release(slot, keep_cache=False)
+            self._deliver()
         for slot in self._slots:
             if slot.request is not None:
                 slot.request.emit(EngineStopping())
                 self._release(slot, keep_cache=False)
         for request in self._waiting:
             request.emit(EngineStopping())
+        self._deliver()
+
+    def _deliver(self) -> None:
+        """Hands the step's events to their event loops: one wake-up per loop, not per token."""
+        if not self._outbox:
+            return
+        batches: dict[asyncio.AbstractEventLoop, list[tuple[_Request, object]]] = {}
+        for request, event in self._outbox:
+            batches.setdefault(request.loop, []).append((request, event))
+        self._outbox.clear()
+        for loop, batch in batches.items():
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody is listening
+                loop.call_soon_threadsafe(_put_all, batch)
 
     def _busy(self) -> bool:
         return any(slot.request is not None for slot in self._slots)
@@ -465,8 +483,11 @@ class LlamaEngine:
     def _sampler(self, params: SamplingParams) -> internals.LlamaSampler:
         """A fresh sampler chain for one generation, in llama.cpp's usual order."""
         sampler = internals.LlamaSampler()
-        if params.logit_bias:
-            sampler.add_logit_bias(self._vocab_size, dict(params.logit_bias))
+        bias = dict(params.logit_bias)
+        if params.ignore_eos:
+            bias.update((token, float("-inf")) for token in self._end_tokens)
+        if bias:
+            sampler.add_logit_bias(self._vocab_size, bias)
         if params.repeat_penalty != 1 or params.presence_penalty or params.frequency_penalty:
             sampler.add_penalties(
                 self._vocab_size,
@@ -519,6 +540,11 @@ class LlamaEngine:
     def _top(self, token: int, logprob: float) -> TopLogprob:
         piece = self._piece(token)
         return TopLogprob(piece.decode("utf-8", errors="replace"), tuple(piece), logprob)
+
+
+def _put_all(batch: list[tuple[_Request, object]]) -> None:
+    for request, event in batch:
+        request.events.put_nowait(event)
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

@@ -87,6 +87,9 @@ class _Sampling(msgspec.Struct, kw_only=True):
         Annotated[float, Meta(ge=0, le=1, description="Drop tokens below p x the best.")] | None
     ) = None
     repeat_penalty: Annotated[float, Meta(gt=0, le=10)] | None = None
+    ignore_eos: Annotated[
+        bool, Meta(description="Keep generating past end-of-text (llama.cpp's option).")
+    ] = False
 
     def _limit(self) -> int | None:
         return self.max_tokens
@@ -119,6 +122,7 @@ class _Sampling(msgspec.Struct, kw_only=True):
             logit_bias=_logit_bias(self.logit_bias, vocab_size),
             grammar=grammar,
             logprobs=logprobs,
+            ignore_eos=self.ignore_eos,
         )
 
     @property

@@ -290,7 +290,7 @@ def test_sigterm_lets_a_running_stream_finish(tmp_path: Path, model_file: Path) 
                 "max_tokens": 120,
                 "stream": True,
             }
-            body["stop"] = ["@@"]
+            body["ignore_eos"] = True
             with httpx.stream(
                 "POST",
                 f"{url}/v1/completions",
