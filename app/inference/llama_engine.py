@@ -248,6 +248,9 @@ class LlamaEngine:
                     return
         finally:
             request.cancelled.set()
+            with self._lock:  # gone before it got a slot: free its place in the queue now
+                if request in self._waiting:
+                    self._waiting.remove(request)
 
     def _enqueue(self, request: _Request) -> None:
         with self._lock:

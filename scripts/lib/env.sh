@@ -58,6 +58,9 @@ ensure_venv() {
     log "installing $1 into .venv"
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
         --only-binary llama-cpp-python --find-links "$(dirname "$wheel")" -r "$lock"
+    # Same version, other build flags: pip would keep the installed build, so replace it.
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
+        --force-reinstall "$wheel"
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --editable "$ROOT"
     echo "$want" >"$stamp"
 }

@@ -134,6 +134,23 @@ async def test_waiting_too_long_for_a_slot_is_a_429(model_file: Path) -> None:
         await engine.close()
 
 
+async def test_a_request_abandoned_in_the_queue_leaves_it(model_file: Path) -> None:
+    engine = await load(model_file, parallel=1)
+    try:
+        busy = asyncio.create_task(complete(engine, "Tell a long story:", max_tokens=100))
+        await asyncio.sleep(0.1)
+        waiting = asyncio.create_task(complete(engine, "Hi", max_tokens=2))
+        await asyncio.sleep(0.05)
+        assert engine.stats().waiting == 1
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert engine.stats().waiting == 0
+        await busy
+    finally:
+        await engine.close()
+
+
 async def test_a_consumer_that_leaves_frees_its_slot(engine: LlamaEngine) -> None:
     tokens = await engine.tokenize("Tell a long story:")
     stream = engine.generate(tokens, SamplingParams(max_tokens=1000, temperature=0, stop=("@@",)))

@@ -96,8 +96,32 @@ async def test_request_parameters_reach_the_engine(
     )
     params = engine.calls[0][1]
     assert (params.max_tokens, params.temperature, params.top_p, params.seed) == (7, 0, 0.9, 42)
+    assert params.ignore_eos is False
     assert params.stop == ("three",)
     assert params.presence_penalty == 0.5
+
+
+async def test_llama_cpp_sampling_options_reach_the_engine(
+    client: AsyncTestClient[Any], engine: FakeEngine
+) -> None:
+    await client.post(
+        "/v1/completions",
+        json={
+            "model": MODEL,
+            "prompt": "hi",
+            "top_k": 5,
+            "min_p": 0.2,
+            "repeat_penalty": 1.3,
+            "ignore_eos": True,
+        },
+    )
+    params = engine.calls[0][1]
+    assert (params.top_k, params.min_p, params.repeat_penalty, params.ignore_eos) == (
+        5,
+        0.2,
+        1.3,
+        True,
+    )
 
 
 async def test_stop_text_is_not_returned(client: AsyncTestClient[Any]) -> None:
