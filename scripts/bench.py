@@ -42,6 +42,11 @@ class Run:
     itl: list[float] = field(default_factory=list)
 
 
+def prompts(count: int) -> list[str]:
+    """``count`` requests' prompts, cycling through PROMPTS."""
+    return [PROMPTS[i % len(PROMPTS)] for i in range(count)]
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -49,7 +54,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def baseline(model: Path, threads: int, max_tokens: int, context: int) -> float:
+def baseline(model: Path, threads: int, max_tokens: int, context: int, requests: int) -> float:
     """Tokens/s generating every prompt serially with llama-cpp-python's Llama, in-process."""
     from llama_cpp import Llama
 
@@ -57,7 +62,7 @@ def baseline(model: Path, threads: int, max_tokens: int, context: int) -> float:
         str(model), n_ctx=context, n_threads=threads, n_threads_batch=threads, verbose=False
     )
     tokens, started = 0, time.perf_counter()
-    for prompt in PROMPTS:
+    for prompt in prompts(requests):
         out = llama.create_completion(prompt, max_tokens=max_tokens, temperature=0)
         tokens += out["usage"]["completion_tokens"]  # type: ignore[index]
     elapsed = time.perf_counter() - started
@@ -94,15 +99,18 @@ async def client(http: httpx.AsyncClient, prompt: str, max_tokens: int, run: Run
                 last = now
 
 
-async def load(url: str, key: str, concurrency: int, max_tokens: int) -> tuple[Run, float]:
+async def load(
+    url: str, key: str, concurrency: int, max_tokens: int, requests: int
+) -> tuple[Run, float]:
     run = Run()
     headers = {"Authorization": f"Bearer {key}"}
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=600) as http:
         started = time.perf_counter()
 
-        # Every client runs the 8 prompts' share: the same total work at each concurrency.
+        # The same requests at every concurrency, each client sending its share back to back:
+        # sustained load, in which finished sequences are replaced by new ones.
         async def worker(index: int) -> None:
-            for prompt in PROMPTS[index::concurrency]:
+            for prompt in prompts(requests)[index::concurrency]:
                 await client(http, prompt, max_tokens, run)
 
         await asyncio.gather(*(worker(i) for i in range(concurrency)))
@@ -164,27 +172,31 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--concurrency", default="1,2,4,8")
     parser.add_argument("--context", type=int, default=1024)
+    parser.add_argument("--requests", type=int, default=16, help="requests per concurrency level")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
 
-    print(f"model {args.model.name}, {args.threads} threads, {args.max_tokens} tokens per request")
+    print(
+        f"model {args.model.name}, {args.threads} threads, {args.requests} requests of "
+        f"{args.max_tokens} tokens at each concurrency"
+    )
     # Measured before and after the service runs; their mean is the baseline, so that a machine
     # whose speed drifts (shared VMs do) skews no ratio.
-    before = baseline(args.model, args.threads, args.max_tokens, args.context)
+    before = baseline(args.model, args.threads, args.max_tokens, args.context, args.requests)
     rows: list[tuple[int, Run, float]] = []
 
     with tempfile.TemporaryDirectory() as data:
         process, url = start_service(args.model, args.threads, max(levels), args.context, data)
         try:
             key = api_key(url)
-            asyncio.run(load(url, key, 1, 8))  # warm up
+            asyncio.run(load(url, key, 1, 8, 1))  # warm up
             for c in levels:
-                run, elapsed = asyncio.run(load(url, key, c, args.max_tokens))
+                run, elapsed = asyncio.run(load(url, key, c, args.max_tokens, args.requests))
                 rows.append((c, run, elapsed))
         finally:
             process.terminate()
             process.wait(timeout=60)
-    after = baseline(args.model, args.threads, args.max_tokens, args.context)
+    after = baseline(args.model, args.threads, args.max_tokens, args.context, args.requests)
     base = (before + after) / 2
     print(
         f"baseline (llama-cpp-python Llama, serial, in-process): {base:.1f} tokens/s "
