@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -35,6 +35,15 @@ async def engine(model_file: Path) -> AsyncIterator[LlamaEngine]:
     engine = await load(model_file)
     yield engine
     await engine.close()
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """Waits for ``condition`` (a hang guard of 30 s, not a timing assertion)."""
+    for _ in range(3000):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"never happened: {what}")
 
 
 async def complete(engine: LlamaEngine, prompt: str, max_tokens: int = 24) -> tuple[str, Finished]:
@@ -106,10 +115,9 @@ async def test_a_full_queue_answers_429_then_recovers(model_file: Path) -> None:
     engine = await load(model_file, parallel=1, max_queue=1)
     try:
         busy = asyncio.create_task(complete(engine, "Tell a long story:", max_tokens=80))
-        await asyncio.sleep(0.2)
+        await until(lambda: engine.stats().busy == 1, "the first request took the slot")
         queued = asyncio.create_task(complete(engine, "Hi", max_tokens=2))
-        await asyncio.sleep(0.05)
-        assert engine.stats().waiting == 1
+        await until(lambda: engine.stats().waiting == 1, "the second request queued")
         with pytest.raises(QueueFull) as caught:
             await complete(engine, "Hi", max_tokens=2)
         assert caught.value.headers()["Retry-After"]
@@ -125,7 +133,7 @@ async def test_waiting_too_long_for_a_slot_is_a_429(model_file: Path) -> None:
     engine = await load(model_file, parallel=1, queue_timeout=0.3)
     try:
         busy = asyncio.create_task(complete(engine, "Tell a long story:", max_tokens=200))
-        await asyncio.sleep(0.1)
+        await until(lambda: engine.stats().busy == 1, "the first request took the slot")
         with pytest.raises(QueueFull, match="waited too long"):
             await complete(engine, "Hi", max_tokens=2)
         assert engine.stats().waiting == 0
@@ -138,10 +146,9 @@ async def test_a_request_abandoned_in_the_queue_leaves_it(model_file: Path) -> N
     engine = await load(model_file, parallel=1)
     try:
         busy = asyncio.create_task(complete(engine, "Tell a long story:", max_tokens=100))
-        await asyncio.sleep(0.1)
+        await until(lambda: engine.stats().busy == 1, "the first request took the slot")
         waiting = asyncio.create_task(complete(engine, "Hi", max_tokens=2))
-        await asyncio.sleep(0.05)
-        assert engine.stats().waiting == 1
+        await until(lambda: engine.stats().waiting == 1, "the second request queued")
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiting
@@ -158,11 +165,7 @@ async def test_a_consumer_that_leaves_frees_its_slot(engine: LlamaEngine) -> Non
         break
     assert engine.stats().busy == 1
     await stream.aclose()  # type: ignore[attr-defined]
-    for _ in range(200):  # the scheduler drops it at its next step
-        if engine.stats().busy == 0:
-            break
-        await asyncio.sleep(0.01)
-    assert engine.stats().busy == 0
+    await until(lambda: engine.stats().busy == 0, "the slot was freed")
 
 
 async def test_a_new_request_reuses_the_slot_holding_its_prefix(
@@ -185,7 +188,7 @@ async def test_a_new_request_reuses_the_slot_holding_its_prefix(
 async def test_closing_lets_running_generations_finish(model_file: Path) -> None:
     engine = await load(model_file, parallel=2)
     running = asyncio.create_task(complete(engine, "Once upon a time", max_tokens=40))
-    await asyncio.sleep(0.1)
+    await until(lambda: engine.stats().busy == 1, "the generation started")
     await engine.close(grace=30)
     text, finished = await running
     assert finished.completion_tokens == 40
