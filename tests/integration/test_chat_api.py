@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -324,9 +325,12 @@ def test_raw_sse_framing(server: RunningServer) -> None:
         json.loads(block.removeprefix("data: "))
 
 
-def test_a_client_that_leaves_a_stream_frees_the_engine(
+def test_a_client_that_leaves_a_stream_frees_its_slot(
     client: openai.OpenAI, server: RunningServer
 ) -> None:
+    def busy() -> int:
+        return int(httpx.get(f"{server.url}/health").json()["slots_busy"])
+
     with httpx.stream(
         "POST",
         f"{server.url}/v1/completions",
@@ -335,15 +339,20 @@ def test_a_client_that_leaves_a_stream_frees_the_engine(
             "prompt": "Story:",
             "max_tokens": 400,
             "stream": True,
-            "stop": ["@@"],
+            "ignore_eos": True,
         },
         headers={"Authorization": f"Bearer {server.api_key}"},
         timeout=60,
     ) as response:
         lines = response.iter_lines()
         assert next(lines).startswith("data: ")
-    # The serial engine runs one generation at a time: this one only starts once the
-    # abandoned one has stopped, which it does at its next token.
+        assert busy() == 1
+    # The scheduler drops the abandoned sequence at its next step, long before 400 tokens.
+    for _ in range(500):
+        if busy() == 0:
+            break
+        time.sleep(0.01)
+    assert busy() == 0
     completion = client.completions.create(model=MODEL_ID, prompt="Hi", max_tokens=2)
     assert completion.usage is not None
     assert completion.usage.completion_tokens == 2
