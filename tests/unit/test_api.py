@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from litestar.testing import AsyncTestClient
+from openapi_spec_validator import validate
 
 from app.factory import create_app
 from app.settings import Settings
@@ -322,6 +323,11 @@ async def wait_for_status(client: AsyncTestClient[Any], status: str) -> dict[str
             return body
         await asyncio.sleep(0.01)
     raise AssertionError(f"health never reported {status!r}")
+
+
+async def test_the_openapi_document_is_valid(client: AsyncTestClient[Any]) -> None:
+    """Swagger UI, ReDoc and client generators need a document that follows the specification."""
+    validate((await client.get("/openapi.json")).json())
 
 
 async def test_health_reports_each_state_until_ready(tmp_path: Path) -> None:
