@@ -351,7 +351,11 @@ class LlamaEngine:
             request = self._waiting.popleft()
             if request.cancelled.is_set():
                 continue
-            slot = max(free, key=lambda s: _common_prefix(s.cached, request.prompt))
+            # The longest shared prefix wins; on a tie, the slot with the least cached, so that
+            # an unrelated prompt does not evict a cache that a later request could reuse.
+            slot = max(
+                free, key=lambda s: (_common_prefix(s.cached, request.prompt), -len(s.cached))
+            )
             try:
                 self._start(slot, request)
             except InvalidRequest as exc:

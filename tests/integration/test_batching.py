@@ -177,6 +177,12 @@ async def test_a_new_request_reuses_the_slot_holding_its_prefix(
     prompt = await engine.tokenize(system + "Hello there")
     holders = [s for s in engine._slots if s.cached[: len(prompt)] == prompt]
     assert len(holders) == 1, "the request went to the slot that held the shared prefix"
+    cached_before = [list(s.cached) for s in engine._slots if s.cached]
+    await complete(engine, "Another unrelated prompt")
+    # An unrelated prompt takes an empty slot: no cache is evicted while one is free.
+    cached_after = [list(s.cached) for s in engine._slots if s.cached]
+    assert len(cached_after) == len(cached_before) + 1
+    assert all(any(a[: len(b)] == b for a in cached_after) for b in cached_before)
     cold_engine = await load(model_file, parallel=1)
     try:
         cold, _ = await complete(cold_engine, system + "Hello there")
