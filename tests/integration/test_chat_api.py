@@ -348,7 +348,7 @@ def test_a_client_that_leaves_a_stream_frees_its_slot(
         assert next(lines).startswith("data: ")
         assert busy() == 1
     # The scheduler drops the abandoned sequence at its next step, long before 400 tokens.
-    for _ in range(500):
+    for _ in range(3000):  # a hang guard of 30 s, not a timing assertion
         if busy() == 0:
             break
         time.sleep(0.01)
