@@ -110,11 +110,11 @@ async def serve(settings: Settings) -> int:
     sys.setswitchinterval(_GIL_SWITCH_SECONDS)
     app = create_app(settings)
     # Migrate the database and create the first admin before the server starts, so a problem
-    # there is one sentence rather than a failed server startup.
-    db = Database(database_path(settings))
+    # there is one sentence rather than a failed server startup (the lifespan then reopens it).
+    db: Database = app.state.db
     await db.open()
     try:
-        await prepare_accounts(settings, account_service(settings, db))
+        await prepare_accounts(settings, app.state.accounts)
     finally:
         await db.close()
 

@@ -149,6 +149,7 @@ def create_app(
         logging_config=None,
     )
     app.state.host = host
+    app.state.db = db
     # The auth middleware looks users up through this (Litestar's documented pattern).
     app.state.accounts = accounts
     return app

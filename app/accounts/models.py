@@ -105,14 +105,9 @@ class ApiKeyView(msgspec.Struct, kw_only=True):
     last_used_at: int | None
 
 
-class NewApiKey(msgspec.Struct, kw_only=True):
+class NewApiKey(ApiKeyView, kw_only=True):
     """A new API key; ``key`` is shown this once and stored only as a hash."""
 
-    id: int
-    name: str
-    prefix: str
-    created_at: int
-    last_used_at: int | None
     key: Annotated[str, Meta(description="Send as `Authorization: Bearer <key>`.")]
 
 

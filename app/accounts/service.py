@@ -7,6 +7,8 @@ import logging
 import secrets
 import time
 
+import msgspec
+
 from app.accounts.models import ApiKeyView, NewApiKey, User, UserUpdate
 from app.accounts.passwords import Passwords
 from app.accounts.store import AccountStore, UsernameTaken
@@ -93,14 +95,7 @@ class AccountService:
         """A new key for ``user``; the key itself is returned once and stored as a hash."""
         key = API_KEY_PREFIX + secrets.token_urlsafe(32)
         view = await self._store.create_api_key(user.id, name, key[:10], hash_api_key(key))
-        return NewApiKey(
-            id=view.id,
-            name=view.name,
-            prefix=view.prefix,
-            created_at=view.created_at,
-            last_used_at=view.last_used_at,
-            key=key,
-        )
+        return NewApiKey(**msgspec.structs.asdict(view), key=key)
 
     async def api_keys(self, user: User) -> list[ApiKeyView]:
         """The user's keys, without the keys."""
@@ -161,6 +156,9 @@ class AccountService:
                 "choose another APP_ADMIN_USERNAME, or promote a user with "
                 "'python -m app users promote NAME'."
             )
-        generated = None if password else secrets.token_urlsafe(18)
-        await self.create_user(username, password or generated or "", is_admin=True)
+        if password:
+            await self.create_user(username, password, is_admin=True)
+            return None
+        generated = secrets.token_urlsafe(18)
+        await self.create_user(username, generated, is_admin=True)
         return generated

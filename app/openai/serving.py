@@ -408,13 +408,7 @@ async def _stream(
                 completion_tokens += event.completion_tokens
             yield on_event(index, event)
         if include_usage:
-            yield usage_chunk(
-                Usage(
-                    prompt_tokens=job.prompt_tokens,
-                    completion_tokens=completion_tokens,
-                    total_tokens=job.prompt_tokens + completion_tokens,
-                )
-            )
+            yield usage_chunk(Usage.of(job.prompt_tokens, completion_tokens))
         yield _DONE
     except ServiceError as exc:
         yield _sse(ErrorResponse(ErrorDetail(exc.message, exc.error_type, exc.param, exc.code)))
@@ -436,12 +430,7 @@ def _sse(payload: msgspec.Struct) -> bytes:
 
 
 def _usage(job: _Job, choices: list[_Choice]) -> Usage:
-    completion_tokens = sum(c.done.completion_tokens for c in choices)
-    return Usage(
-        prompt_tokens=job.prompt_tokens,
-        completion_tokens=completion_tokens,
-        total_tokens=job.prompt_tokens + completion_tokens,
-    )
+    return Usage.of(job.prompt_tokens, sum(c.done.completion_tokens for c in choices))
 
 
 def _chat_logprobs(tokens: list[TokenLogprob]) -> ChoiceLogprobs:
