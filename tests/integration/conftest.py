@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 import uvicorn
 
@@ -65,3 +66,15 @@ def server(model_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         uv.should_exit = True
         thread.join(timeout=30)
         sock.close()
+
+
+@pytest.fixture
+def client(server: RunningServer) -> openai.OpenAI:
+    """The official SDK, authenticated with an API key."""
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=server.api_key, max_retries=0)
+
+
+@pytest.fixture
+def async_client(server: RunningServer) -> openai.AsyncOpenAI:
+    """The official async SDK, authenticated with an API key."""
+    return openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key=server.api_key, max_retries=0)

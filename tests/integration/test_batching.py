@@ -46,12 +46,13 @@ async def until(condition: Callable[[], bool], what: str) -> None:
     raise AssertionError(f"never happened: {what}")
 
 
-async def complete(engine: LlamaEngine, prompt: str, max_tokens: int = 24) -> tuple[str, Finished]:
+async def complete(
+    engine: LlamaEngine, prompt: str, max_tokens: int = 24, *, ignore_eos: bool = False
+) -> tuple[str, Finished]:
     text, finished = [], None
     tokens = await engine.tokenize(prompt)
-    async for event in engine.generate(
-        tokens, SamplingParams(max_tokens=max_tokens, temperature=0)
-    ):
+    params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=ignore_eos)
+    async for event in engine.generate(tokens, params):
         if isinstance(event, TextDelta):
             text.append(event.text)
         else:
@@ -88,7 +89,7 @@ async def test_a_long_prompt_does_not_freeze_running_streams(engine: LlamaEngine
     long_prompt = await engine.tokenize("word " * 1500)
 
     async def stream() -> None:
-        params = SamplingParams(max_tokens=60, temperature=0, stop=("@@",))
+        params = SamplingParams(max_tokens=60, temperature=0, ignore_eos=True)
         async for event in engine.generate(running, params):
             if isinstance(event, TextDelta):
                 order.append("stream")
@@ -114,7 +115,9 @@ async def test_a_long_prompt_does_not_freeze_running_streams(engine: LlamaEngine
 async def test_a_full_queue_answers_429_then_recovers(model_file: Path) -> None:
     engine = await load(model_file, parallel=1, max_queue=1)
     try:
-        busy = asyncio.create_task(complete(engine, "Tell a long story:", max_tokens=80))
+        busy = asyncio.create_task(
+            complete(engine, "Tell a long story:", max_tokens=80, ignore_eos=True)
+        )
         await until(lambda: engine.stats().busy == 1, "the first request took the slot")
         queued = asyncio.create_task(complete(engine, "Hi", max_tokens=2))
         await until(lambda: engine.stats().waiting == 1, "the second request queued")
@@ -132,7 +135,9 @@ async def test_a_full_queue_answers_429_then_recovers(model_file: Path) -> None:
 async def test_waiting_too_long_for_a_slot_is_a_429(model_file: Path) -> None:
     engine = await load(model_file, parallel=1, queue_timeout=0.3)
     try:
-        busy = asyncio.create_task(complete(engine, "Tell a long story:", max_tokens=200))
+        busy = asyncio.create_task(
+            complete(engine, "Tell a long story:", max_tokens=200, ignore_eos=True)
+        )
         await until(lambda: engine.stats().busy == 1, "the first request took the slot")
         with pytest.raises(QueueFull, match="waited too long"):
             await complete(engine, "Hi", max_tokens=2)
@@ -145,7 +150,9 @@ async def test_waiting_too_long_for_a_slot_is_a_429(model_file: Path) -> None:
 async def test_a_request_abandoned_in_the_queue_leaves_it(model_file: Path) -> None:
     engine = await load(model_file, parallel=1)
     try:
-        busy = asyncio.create_task(complete(engine, "Tell a long story:", max_tokens=100))
+        busy = asyncio.create_task(
+            complete(engine, "Tell a long story:", max_tokens=100, ignore_eos=True)
+        )
         await until(lambda: engine.stats().busy == 1, "the first request took the slot")
         waiting = asyncio.create_task(complete(engine, "Hi", max_tokens=2))
         await until(lambda: engine.stats().waiting == 1, "the second request queued")
@@ -160,7 +167,9 @@ async def test_a_request_abandoned_in_the_queue_leaves_it(model_file: Path) -> N
 
 async def test_a_consumer_that_leaves_frees_its_slot(engine: LlamaEngine) -> None:
     tokens = await engine.tokenize("Tell a long story:")
-    stream = engine.generate(tokens, SamplingParams(max_tokens=1000, temperature=0, stop=("@@",)))
+    stream = engine.generate(
+        tokens, SamplingParams(max_tokens=1000, temperature=0, ignore_eos=True)
+    )
     async for _ in stream:
         break
     assert engine.stats().busy == 1
@@ -193,7 +202,9 @@ async def test_a_new_request_reuses_the_slot_holding_its_prefix(
 
 async def test_closing_lets_running_generations_finish(model_file: Path) -> None:
     engine = await load(model_file, parallel=2)
-    running = asyncio.create_task(complete(engine, "Once upon a time", max_tokens=40))
+    running = asyncio.create_task(
+        complete(engine, "Once upon a time", max_tokens=40, ignore_eos=True)
+    )
     await until(lambda: engine.stats().busy == 1, "the generation started")
     await engine.close(grace=300)  # generous: the test is about finishing, not speed
     text, finished = await running

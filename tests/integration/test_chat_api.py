@@ -19,16 +19,6 @@ from tests.integration.conftest import CONTEXT_SIZE, MODEL_ID, RunningServer
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
-@pytest.fixture
-def client(server: RunningServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=server.api_key, max_retries=0)
-
-
-@pytest.fixture
-def async_client(server: RunningServer) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key=server.api_key, max_retries=0)
-
-
 def greedy_chat(client: openai.OpenAI, **kwargs: object) -> openai.types.chat.ChatCompletion:
     params: dict[str, object] = {"model": MODEL_ID, "messages": QUESTION, "max_tokens": 16}
     params.update(temperature=0, **kwargs)
@@ -50,21 +40,21 @@ def test_chat_completion(client: openai.OpenAI) -> None:
 def test_the_chat_template_in_the_gguf_is_used(
     client: openai.OpenAI, server: RunningServer
 ) -> None:
-    """SmolLM2's template writes <|im_start|> markers; the prompt counts them as tokens."""
+    """The prompt is exactly what SmolLM2's own template renders, default system turn included."""
     completion = greedy_chat(client, max_tokens=1)
-    headers = {"Authorization": f"Bearer {server.api_key}"}
-    marked = httpx.post(
+    rendered = (
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
+        "Face<|im_end|>\n<|im_start|>user\nWhat is the capital of France?<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    expected = httpx.post(
         f"{server.url}/tokenize",
-        json={
-            "content": "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n"
-            "<|im_start|>assistant\n"
-        },
-        headers=headers,
+        json={"content": rendered},
+        headers={"Authorization": f"Bearer {server.api_key}"},
     ).json()["tokens"]
+    assert expected[0] == 1, "<|im_start|> is one special token"
     assert completion.usage is not None
-    # The template may add a default system turn; the user turn is always there, marked.
-    assert completion.usage.prompt_tokens >= len(marked)
-    assert 1 in marked, "<|im_start|> should be one special token"
+    assert completion.usage.prompt_tokens == len(expected)
 
 
 async def test_async_chat_with_text_parts_matches_plain_content(

@@ -60,7 +60,8 @@ def run_app(
 
 
 @contextmanager
-def serving(tmp_path: Path, **env: str) -> Iterator[str]:
+def serving(tmp_path: Path, **env: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``python -m app serve`` until healthy; on leaving, SIGTERM and a check of a clean exit."""
     port = free_port()
     log = tmp_path / f"serve-{port}.log"  # a file, not a pipe: a full pipe would block the server
     with log.open("w") as stderr:
@@ -74,10 +75,10 @@ def serving(tmp_path: Path, **env: str) -> Iterator[str]:
         url = f"http://127.0.0.1:{port}"
         try:
             wait_healthy(url)
-            yield url
+            yield url, process
         finally:
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=60)
+            process.send_signal(signal.SIGTERM)  # a no-op if the test already stopped it
+            process.wait(timeout=300)
     output = log.read_text()
     # uvicorn shuts down gracefully, then re-raises SIGTERM so supervisors see it.
     assert process.returncode in (0, -signal.SIGTERM), output
@@ -113,7 +114,7 @@ def test_first_start_downloads_from_the_hub_and_the_second_uses_the_cache(
 ) -> None:
     env = {"APP_MODEL_REPO": REPO, "APP_MODEL_FILE": FILE, "APP_MODEL_NAME": "smol"}
     with serve_hub({(REPO, FILE): model_file}) as hub:
-        with serving(tmp_path, HF_ENDPOINT=hub.url, **env) as url:
+        with serving(tmp_path, HF_ENDPOINT=hub.url, **env) as (url, _):
             token = access_token(url, "admin", ADMIN_PASSWORD)
             completion = httpx.post(
                 f"{url}/v1/completions",
@@ -270,48 +271,30 @@ def test_users_commands_explain_what_went_wrong(tmp_path: Path) -> None:
 
 
 def test_sigterm_lets_a_running_stream_finish(tmp_path: Path, model_file: Path) -> None:
-    port = free_port()
-    log = tmp_path / "serve.log"
-    with log.open("w") as stderr:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "app", "serve"],
-            # A generous grace: the test is about finishing, however slow the machine is.
-            env=app_env(
-                tmp_path,
-                APP_PORT=str(port),
-                APP_MODEL_PATH=str(model_file),
-                APP_SHUTDOWN_GRACE="300",
-            ),
-            cwd=tmp_path,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_healthy(url)
-            token = access_token(url, "admin", ADMIN_PASSWORD)
-            body = {
-                "model": "tinyllama-1.1b",
-                "prompt": "Story:",
-                "max_tokens": 60,
-                "stream": True,
-            }
-            body["ignore_eos"] = True
-            with httpx.stream(
-                "POST",
-                f"{url}/v1/completions",
-                json=body,
-                headers={"Authorization": f"Bearer {token}"},
-                timeout=300,
-            ) as response:
-                lines = response.iter_lines()
-                assert next(lines).startswith("data: ")
-                process.send_signal(signal.SIGTERM)
-                rest = list(lines)
-            assert "data: [DONE]" in rest
-            finish = [json.loads(line[6:]) for line in rest if line.startswith("data: {")][-1]
-            assert finish["choices"][0]["finish_reason"] == "length"
-        finally:
+    # A generous grace: the test is about finishing, however slow the machine is.
+    with serving(tmp_path, APP_MODEL_PATH=str(model_file), APP_SHUTDOWN_GRACE="300") as (
+        url,
+        process,
+    ):
+        token = access_token(url, "admin", ADMIN_PASSWORD)
+        body = {
+            "model": "tinyllama-1.1b",
+            "prompt": "Story:",
+            "max_tokens": 60,
+            "ignore_eos": True,
+            "stream": True,
+        }
+        with httpx.stream(
+            "POST",
+            f"{url}/v1/completions",
+            json=body,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=300,
+        ) as response:
+            lines = response.iter_lines()
+            assert next(lines).startswith("data: ")
             process.send_signal(signal.SIGTERM)
-            process.wait(timeout=300)
-    assert "Application shutdown complete" in log.read_text()
+            rest = list(lines)
+        assert "data: [DONE]" in rest
+        finish = [json.loads(line[6:]) for line in rest if line.startswith("data: {")][-1]
+        assert finish["choices"][0]["finish_reason"] == "length"

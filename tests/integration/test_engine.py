@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from app.errors import InvalidRequest, ModelUnavailable
 from app.inference.engine import Finished, SamplingParams, TextDelta
-from app.inference.llama_engine import LlamaEngine
+from app.inference.llama_engine import FALLBACK_CHAT_TEMPLATES, LlamaEngine
 
 
 @pytest.fixture
@@ -62,12 +64,24 @@ async def test_max_tokens_is_clamped_to_the_context(engine: LlamaEngine) -> None
     prompt = "count: " + " ".join(str(i) for i in range(60))
     prompt_tokens = len(await engine.tokenize(prompt))
     assert prompt_tokens < engine.context_size
-    _, finished = await run(engine, prompt, max_tokens=10_000, temperature=0.0, stop=())
-    room = engine.context_size - prompt_tokens
-    # The model may end the text itself; it can never run past the context.
-    assert finished.completion_tokens <= room
-    if finished.completion_tokens == room:
-        assert finished.reason == "length"
+    # ignore_eos: the text cannot end before the context does.
+    _, finished = await run(engine, prompt, max_tokens=10_000, temperature=0.0, ignore_eos=True)
+    assert finished.completion_tokens == engine.context_size - prompt_tokens
+    assert finished.reason == "length"
+
+
+def test_the_fallback_chat_format_is_zephyr() -> None:
+    """What a GGUF without a chat template gets (TinyLlama-Chat's own format)."""
+    formatter = Jinja2ChatFormatter(
+        template=FALLBACK_CHAT_TEMPLATES["zephyr"], eos_token="</s>", bos_token="<s>"
+    )
+    messages: list[Any] = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+    ]
+    assert formatter(messages=messages).prompt == (
+        "<|system|>\nBe brief.</s>\n<|user|>\nHi</s>\n<|assistant|>\n"
+    )
 
 
 async def test_a_stop_split_across_tokens_never_leaks(engine: LlamaEngine) -> None:
