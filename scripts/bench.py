@@ -172,7 +172,9 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--concurrency", default="1,2,4,8")
     parser.add_argument("--context", type=int, default=1024)
-    parser.add_argument("--requests", type=int, default=16, help="requests per concurrency level")
+    # 32 requests: 4 rounds per client at C=8, so that the ramp-up and the last round's tail
+    # (slots emptying one by one) weigh little against the sustained rate being measured.
+    parser.add_argument("--requests", type=int, default=32, help="requests per concurrency level")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
 
