@@ -1,4 +1,5 @@
-"""Command line: ``python -m app serve`` (the default), ``check-config``, ``users ...``."""
+"""Command line: ``python -m app serve`` (the default), ``check-config``, ``model ...``,
+``users ...``."""
 
 from __future__ import annotations
 
@@ -25,8 +26,10 @@ import uvicorn
 from app.accounts.models import NewUser, UserUpdate
 from app.accounts.service import AccountService, AdminBootstrapError
 from app.db import Database, SchemaTooNew
-from app.errors import ServiceError
+from app.errors import ModelNotFound, ServiceError
 from app.factory import account_service, create_app, database_path, prepare_accounts
+from app.inference import commands
+from app.inference.catalog import load_catalog
 from app.inference.host import ModelHost, ModelState
 from app.settings import ConfigError, Settings
 
@@ -42,13 +45,21 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.from_env()
         configure_logging(settings.log_level)
         if args.command == "check-config":
+            load_catalog(settings)
             print("configuration is valid")
             return 0
+        if args.command == "model":
+            if args.action == "pull":
+                return commands.pull(settings, args.models)
+            return commands.list_models(settings)
         if args.command == "users":
             return asyncio.run(_users(settings, args))
         return asyncio.run(serve(settings))
     except (ConfigError, SchemaTooNew, AdminBootstrapError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ModelNotFound as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
         return 2
 
 
@@ -62,6 +73,17 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "check-config", help="Validate the configuration from the environment and .env, then exit."
     )
+    model = commands.add_parser(
+        "model", help="Fetch model files ahead of time, or show what is cached and configured."
+    ).add_subparsers(dest="action", metavar="ACTION", required=True)
+    model.add_parser(
+        "pull",
+        help="Download and check the configured models' files (for image builds and "
+        "air-gapped hosts).",
+    ).add_argument(
+        "models", nargs="*", metavar="MODEL", help="Model ids or aliases (default: all)."
+    )
+    model.add_parser("list", help="Show the configured models and the GGUF files in the cache.")
     users = commands.add_parser(
         "users", help="Manage accounts in the database under APP_DATA_DIR."
     ).add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -100,6 +122,9 @@ def configure_logging(level: str) -> None:
     hub_logger = logging.getLogger("huggingface_hub")
     hub_logger.handlers.clear()
     hub_logger.propagate = True
+    # The Hub client's HTTP library logs every request at INFO; its failures reach us anyway.
+    for name in ("httpx", "httpx2", "httpcore"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 async def serve(settings: Settings) -> int:

@@ -90,8 +90,13 @@ class ModelNotReady(ServiceError):
     error_type = "unavailable_error"
     code = "model_not_ready"
 
-    def __init__(self, model: str, state: str) -> None:
-        super().__init__(f"The model '{model}' is not ready yet (state: {state}). Retry shortly.")
+    def __init__(self, model: str, state: str, error: str | None = None) -> None:
+        if error is not None:
+            super().__init__(f"The model '{model}' cannot be served: {error}")
+        else:
+            super().__init__(
+                f"The model '{model}' is not ready yet (state: {state}). Retry shortly."
+            )
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": "5"}

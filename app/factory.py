@@ -21,6 +21,7 @@ from app.accounts.service import AccountService
 from app.accounts.store import AccountStore
 from app.db import Database
 from app.errors import exception_handlers
+from app.inference.catalog import load_catalog
 from app.inference.engine import Engine
 from app.inference.host import EngineLoader, ModelHost, load_llama_engine
 from app.openai.controllers import OpenAIController, TokenizerController
@@ -74,14 +75,14 @@ def create_app(
 
     Args:
         settings: The configuration; nothing is read from the environment here.
-        engine: An already loaded engine to serve instead of fetching and loading the model
-            (tests above the engine pass a fake one).
+        engine: An already loaded engine to serve as the default model instead of fetching and
+            loading it (tests above the engine pass a fake one).
         engine_loader: Loads the engine once the model file is at hand (default: llama.cpp).
 
     Raises:
-        ConfigError: ``JWT_SECRET_KEY`` (or the stored secret) is unusable.
+        ConfigError: ``JWT_SECRET_KEY`` (or the stored secret) or the models file is unusable.
     """
-    host = ModelHost(settings, engine=engine, loader=engine_loader)
+    host = ModelHost(settings, load_catalog(settings), engine=engine, loader=engine_loader)
     service = OpenAIService(
         host,
         SamplingDefaults(max_tokens=settings.max_length, temperature=settings.temperature),

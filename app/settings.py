@@ -24,6 +24,9 @@ _ENV_NAMES = {
     "huggingface_token": "HUGGINGFACE_TOKEN",
     "context_size": "APP_CONTEXT_SIZE",
 }
+# The commit of APP_MODEL_REPO the README names: a later push to the repository cannot change what
+# a fresh install downloads.
+DEFAULT_MODEL_REVISION = "52e7645ba7c309695bec7ac98f4f005b139cf465"
 # Account rules, shared with the accounts package so settings and API agree.
 USERNAME_PATTERN = r"^[A-Za-z0-9_.-]{3,64}$"
 MIN_PASSWORD, MAX_PASSWORD = 8, 256
@@ -83,12 +86,38 @@ class Settings(
     ] = "tinyllama-1.1b-chat-v1.0.Q4_K_M.gguf"
     model_revision: Annotated[
         str,
-        Meta(min_length=1, description="Branch, tag or commit of APP_MODEL_REPO to download."),
-    ] = "main"
+        Meta(
+            min_length=1,
+            description="Branch, tag or commit of APP_MODEL_REPO; pinned to a commit by default.",
+        ),
+    ] = DEFAULT_MODEL_REVISION
     model_path: Annotated[
         str | None,
         Meta(description="Local GGUF file to serve instead of downloading from the Hub."),
     ] = None
+    models_file: Annotated[
+        str | None,
+        Meta(
+            description="TOML file listing several models to serve; replaces the APP_MODEL_* "
+            "settings above."
+        ),
+    ] = None
+    max_loaded_models: Annotated[
+        int,
+        Meta(
+            ge=1,
+            le=64,
+            description="Models kept in memory at once; the least recently used is unloaded.",
+        ),
+    ] = 1
+    download_log_seconds: Annotated[
+        float,
+        Meta(
+            gt=0,
+            le=3600,
+            description="Seconds between download progress lines when stderr is not a terminal.",
+        ),
+    ] = 5.0
     huggingface_token: Annotated[
         str | None,
         Meta(description="Hub access token for gated or private repositories (or set HF_TOKEN)."),

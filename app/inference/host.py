@@ -1,16 +1,27 @@
-"""Owns the served model: fetches and loads it in the background, hands out its engine."""
+"""Owns the served models: fetches them, loads and unloads them, hands out their engines.
+
+At start-up every configured model's file is fetched (so a later load needs no network) and the
+default model is loaded. Another model loads on its first request; when that would exceed
+``APP_MAX_LOADED_MODELS``, the least recently used model that nobody is using is unloaded first.
+A request holds a ``Lease`` on its model from before tokenizing until its last token, so a model
+is never unloaded under a request in flight: the load waits for one to become free instead.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import enum
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
-from app.errors import EngineStopping, ModelNotFound, ModelNotReady, ModelUnavailable
+from app.errors import EngineStopping, ModelNotReady, ModelUnavailable, QueueFull
+from app.inference.catalog import Catalog, ModelSpec
 from app.inference.engine import Engine, EngineStats
 from app.inference.model_files import resolve_model_file
+from app.inference.progress import DownloadProgress
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -19,10 +30,11 @@ EngineLoader = Callable[[Path, Settings], Awaitable[Engine]]
 
 
 class ModelState(enum.StrEnum):
-    """Where the model is on its way to serving."""
+    """Where a model is on its way to serving."""
 
     STARTING = "starting"
     DOWNLOADING = "downloading"
+    UNLOADED = "unloaded"  # the file is here; it loads on the next request
     LOADING = "loading"
     READY = "ready"
     FAILED = "failed"
@@ -43,41 +55,98 @@ async def load_llama_engine(path: Path, settings: Settings) -> Engine:
     )
 
 
+class HostedModel:
+    """One configured model: its state, its file, its engine while loaded."""
+
+    def __init__(self, spec: ModelSpec, settings: Settings) -> None:
+        self.spec = spec
+        self.state = ModelState.STARTING
+        self.error: str | None = None
+        self.path: Path | None = None
+        self.engine: Engine | None = None
+        self.progress = DownloadProgress(
+            spec.file or spec.id, log_every=settings.download_log_seconds
+        )
+        self.leases = 0
+        self.last_used = 0.0
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+
+class Lease:
+    """A request's hold on a loaded model; ``release()`` (idempotent) when the request is done."""
+
+    def __init__(self, host: ModelHost, model: HostedModel) -> None:
+        assert model.engine is not None
+        self.engine: Engine = model.engine
+        self.model_id = model.id
+        self._host, self._model = host, model
+        self._held = True
+        model.leases += 1
+        model.last_used = time.monotonic()
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._model.leases -= 1
+            self._host._released.set()
+
+
 class ModelHost:
-    """The model this service serves under ``settings.model_name``."""
+    """The models this service serves, by id and alias."""
 
     def __init__(
         self,
         settings: Settings,
+        catalog: Catalog,
         *,
         engine: Engine | None = None,
         loader: EngineLoader = load_llama_engine,
     ) -> None:
-        self.model_id = settings.model_name
+        self.catalog = catalog
         self._settings = settings
         self._loader = loader
-        self._engine = engine
-        self.state = ModelState.READY if engine is not None else ModelState.STARTING
+        self.models = {spec.id: HostedModel(spec, settings) for spec in catalog.models}
+        self.state = ModelState.STARTING
         self.error: str | None = None
         self.stopping = False
         self._settled = asyncio.Event()
-        if engine is not None:
+        self._swap = asyncio.Lock()  # one load or unload at a time
+        self._released = asyncio.Event()
+        if engine is not None:  # tests above the engine: the default model is ready
+            default = self.models[catalog.default.id]
+            default.engine, default.state = engine, ModelState.READY
+            for model in self.models.values():
+                if model.engine is None:
+                    model.state = ModelState.UNLOADED
+            self.state = ModelState.READY
             self._settled.set()
 
+    @property
+    def model_id(self) -> str:
+        """The default model's id."""
+        return self.catalog.default.id
+
+    @property
+    def default(self) -> HostedModel:
+        return self.models[self.catalog.default.id]
+
+    # --- start-up ------------------------------------------------------------------------------
+
     async def start(self) -> None:
-        """Fetches and loads the model; on failure records the reason in ``error``."""
-        if self._engine is not None:
+        """Fetches every model's file and loads the default one; a failure stops the start."""
+        if self.state is ModelState.READY:
             return
         try:
             self.state = ModelState.DOWNLOADING
-            path = await asyncio.to_thread(resolve_model_file, self._settings)
+            for model in self.models.values():
+                await self._fetch(model)
             self.state = ModelState.LOADING
-            logger.info("loading %s", path)
-            self._engine = await self._loader(path, self._settings)
+            async with self._swap:
+                await self._load(self.default)
             self.state = ModelState.READY
-            logger.info(
-                "model %r ready (context %d tokens)", self.model_id, self._engine.context_size
-            )
         except ModelUnavailable as exc:
             self.state, self.error = ModelState.FAILED, str(exc)
             logger.error("%s", exc)
@@ -87,37 +156,136 @@ class ModelHost:
         finally:
             self._settled.set()
 
+    async def _fetch(self, model: HostedModel) -> None:
+        model.state = ModelState.DOWNLOADING
+        try:
+            model.path = await asyncio.to_thread(
+                resolve_model_file,
+                model.spec,
+                token=self._settings.huggingface_token,
+                progress=model.progress,
+            )
+        except ModelUnavailable as exc:
+            model.state, model.error = ModelState.FAILED, str(exc)
+            raise
+        model.state = ModelState.UNLOADED
+
     async def wait_settled(self) -> ModelState:
-        """Waits until the model is ready or has failed."""
+        """Waits until the start-up has finished or failed."""
         await self._settled.wait()
         return self.state
 
-    def check_model(self, model: str) -> None:
-        """Raises ``ModelNotFound`` unless this service serves ``model``."""
-        if model != self.model_id:
-            raise ModelNotFound(model)
+    # --- handing out engines -------------------------------------------------------------------
 
-    def engine(self, model: str) -> Engine:
-        """The engine for ``model``; raises if this service does not serve it or it is not ready."""
-        self.check_model(model)
+    def find(self, name: str) -> HostedModel:
+        """The model ``name`` names (id or alias); raises ``ModelNotFound``."""
+        return self.models[self.catalog.find(name).id]
+
+    async def acquire(self, name: str) -> Lease:
+        """A lease on model ``name``, loading it first if it is not in memory.
+
+        Raises ``ModelNotFound``, ``ModelNotReady`` (503) before the start-up has finished or
+        after it failed, ``EngineStopping`` during shutdown, and ``QueueFull`` (429) when no
+        loaded model could be unloaded within the queue timeout.
+        """
+        model = self.find(name)
         if self.stopping:
             raise EngineStopping()
-        if self._engine is None or self.state is not ModelState.READY:
-            raise ModelNotReady(model, self.state.value)
-        return self._engine
+        if model.state is ModelState.READY:
+            return Lease(self, model)
+        if not self._settled.is_set() or model.state is ModelState.FAILED:
+            raise ModelNotReady(model.id, model.state.value, model.error)
+        async with self._swap:
+            if model.engine is None:  # not loaded by a request that waited here before us
+                await self._make_room(model)
+                try:
+                    await self._load(model)
+                except ModelUnavailable as exc:  # llama.cpp refused it: say so, keep serving
+                    raise ModelNotReady(model.id, model.state.value, str(exc)) from None
+            return Lease(self, model)
+
+    @asynccontextmanager
+    async def lease(self, name: str) -> AsyncIterator[Lease]:
+        """``acquire`` for the length of a block."""
+        lease = await self.acquire(name)
+        try:
+            yield lease
+        finally:
+            lease.release()
+
+    async def _make_room(self, wanted: HostedModel) -> None:
+        """Unloads least recently used idle models until ``wanted`` fits (lock held)."""
+        deadline = time.monotonic() + self._settings.queue_timeout
+        while True:
+            loaded = [m for m in self.models.values() if m.engine is not None]
+            if len(loaded) < self._settings.max_loaded_models:
+                return
+            idle = [m for m in loaded if m.leases == 0]
+            if idle:
+                await self._unload(min(idle, key=lambda m: m.last_used))
+                continue
+            # Every loaded model has requests in flight: wait for one to finish.
+            self._released.clear()
+            try:
+                await asyncio.wait_for(self._released.wait(), deadline - time.monotonic())
+            except TimeoutError:
+                raise QueueFull(retry_after=max(1, int(self._settings.queue_timeout / 4))) from None
+
+    async def _load(self, model: HostedModel) -> None:
+        assert model.path is not None
+        model.state = ModelState.LOADING
+        logger.info("loading %r from %s", model.id, model.path)
+        try:
+            model.engine = await self._loader(model.path, model.spec.settings(self._settings))
+        except ModelUnavailable as exc:
+            model.state, model.error = ModelState.UNLOADED, str(exc)
+            raise
+        model.state, model.error = ModelState.READY, None
+        model.last_used = time.monotonic()
+        logger.info("model %r ready (context %d tokens)", model.id, model.engine.context_size)
+
+    async def _unload(self, model: HostedModel) -> None:
+        engine, model.engine = model.engine, None
+        model.state = ModelState.UNLOADED
+        if engine is not None:
+            logger.info("unloading %r, the least recently used model", model.id)
+            await engine.close(grace=0)
+
+    # --- state and shutdown --------------------------------------------------------------------
 
     def stats(self) -> EngineStats | None:
-        """The engine's load, once it is loaded."""
-        return self._engine.stats() if self._engine is not None else None
+        """The load over every loaded engine, or None while none is loaded."""
+        engines = [m.engine for m in self.models.values() if m.engine is not None]
+        if not engines:
+            return None
+        each = [engine.stats() for engine in engines]
+        return EngineStats(
+            slots=sum(s.slots for s in each),
+            busy=sum(s.busy for s in each),
+            waiting=sum(s.waiting for s in each),
+        )
+
+    def download_percent(self) -> float | None:
+        """The running download's percent, if one is running."""
+        for model in self.models.values():
+            if model.state is ModelState.DOWNLOADING:
+                return model.progress.percent
+        return None
 
     def stop_admitting(self) -> None:
         """Shutdown has begun: health says so and new generations get a 503."""
         self.stopping = True
-        if self._engine is not None:
-            self._engine.stop_admitting()
+        for model in self.models.values():
+            if model.engine is not None:
+                model.engine.stop_admitting()
 
     async def close(self) -> None:
-        """Lets running generations finish (up to the shutdown grace), then frees the engine."""
-        engine, self._engine = self._engine, None
-        if engine is not None:
-            await engine.close(grace=self._settings.shutdown_grace)
+        """Lets running generations finish (up to the shutdown grace), then frees the engines."""
+        engines = []
+        for model in self.models.values():
+            if model.engine is not None:
+                engines.append(model.engine)
+                model.engine, model.state = None, ModelState.UNLOADED
+        await asyncio.gather(
+            *(engine.close(grace=self._settings.shutdown_grace) for engine in engines)
+        )

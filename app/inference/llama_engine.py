@@ -44,11 +44,11 @@ from app.inference.engine import (
     TokenLogprob,
     TopLogprob,
 )
+from app.inference.model_files import check_gguf
 from app.inference.text import StopMatcher, Utf8Stream
 
 logger = logging.getLogger(__name__)
 
-_GGUF_MAGIC = b"GGUF"
 # Repetition penalties look this many tokens back (llama.cpp's default).
 _PENALTY_WINDOW = 64
 # Tokens decoded per step at most; prompt chunks fill what generating sequences leave.
@@ -569,15 +569,7 @@ def _cpu_count() -> int:
 def _load(
     path: Path, context_size: int, threads: int, parallel: int
 ) -> tuple[internals.LlamaModel, internals.LlamaContext]:
-    try:
-        with path.open("rb") as f:
-            magic = f.read(4)
-    except OSError as exc:
-        raise ModelUnavailable(f"Cannot read the model file {path}: {exc.strerror}.") from None
-    if magic != _GGUF_MAGIC:
-        raise ModelUnavailable(
-            f"The model file {path} is not a GGUF file; point APP_MODEL_PATH at a .gguf model."
-        )
+    check_gguf(path)
     llama_cpp.llama_backend_init()
     # llama.cpp logs every load step to stderr; keep only its errors, as Llama(verbose=False).
     llama_cpp_logger.set_verbose(False)

@@ -1,87 +1,198 @@
-"""Finding the GGUF file to serve: a local path, or a download into the Hugging Face cache.
+"""Finding a model's GGUF file: a local path, or a download into the Hugging Face cache.
 
 Downloads go through ``huggingface_hub`` into its standard cache (``HF_HOME``/``HF_HUB_CACHE``), so
 other tools share the file and later starts find it there. ``HF_ENDPOINT`` and ``HF_HUB_OFFLINE``
-work as they do for every Hub client.
+work as they do for every Hub client. ``huggingface_hub`` resumes an interrupted transfer (within a
+run after a dropped connection, and across runs from its ``.incomplete`` file) and checks the size;
+on top of that every file from the Hub is checked against its sha256, which the cache names its
+blobs by (the Hub's LFS ETag), so a truncated or damaged cached copy is found and fetched again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 from pathlib import Path
 
-from huggingface_hub import hf_hub_download
+from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
 from huggingface_hub.errors import (
     EntryNotFoundError,
     GatedRepoError,
     HfHubHTTPError,
     LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
 
 from app.errors import ModelUnavailable
-from app.settings import Settings
+from app.inference.catalog import ModelSpec
+from app.inference.progress import DownloadProgress
 
 logger = logging.getLogger(__name__)
 
+GGUF_MAGIC = b"GGUF"
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_HOW_TO_AUTHENTICATE = (
+    "set HUGGINGFACE_TOKEN (or HF_TOKEN) to a token from https://huggingface.co/settings/tokens"
+)
 
-def resolve_model_file(settings: Settings) -> Path:
-    """The local path of the configured GGUF, downloading it first if needed (blocking).
+
+def resolve_model_file(
+    spec: ModelSpec, *, token: str | None, progress: DownloadProgress | None = None
+) -> Path:
+    """The local path of ``spec``'s GGUF, downloaded and checked first if needed (blocking).
 
     Raises ``ModelUnavailable`` with one sentence that says what to do.
     """
-    if settings.model_path is not None:
-        path = Path(settings.model_path).expanduser()
+    if spec.path is not None:
+        path = Path(spec.path).expanduser()
         if not path.is_file():
             raise ModelUnavailable(
-                f"APP_MODEL_PATH points to {path}, which is not a file; fix the path or unset "
-                "it to download APP_MODEL_FILE from APP_MODEL_REPO."
+                f"{spec.setting('path')} points to {path}, which is not a file; fix the path, "
+                "or have the model downloaded from the Hub instead."
             )
+        check_gguf(path)
         return path
 
-    where = f"{settings.model_file} from {settings.model_repo}@{settings.model_revision}"
-    logger.info("fetching %s (the Hugging Face cache is used when it has the file)", where)
+    path = _download(spec, token, progress, force=False)
+    if not _intact(path):
+        logger.warning(
+            "the cached copy of %s is damaged (its sha256 does not match the Hub's); "
+            "downloading it again",
+            spec.source,
+        )
+        _discard(path)
+        path = _download(spec, token, progress, force=True)
+        if not _intact(path):
+            raise ModelUnavailable(
+                f"The Hub sent {spec.source} with a sha256 other than it announced; try again, "
+                f"or download the file yourself and set {spec.setting('path')}."
+            )
+    check_gguf(path)
+    logger.info("model file for %r ready at %s", spec.id, path)
+    return path
+
+
+def cached_file(spec: ModelSpec) -> Path | None:
+    """Where ``spec``'s file is on this machine now, without any network; None if it is not."""
+    if spec.path is not None:
+        path = Path(spec.path).expanduser()
+        return path if path.is_file() else None
+    repo, file = spec.hub_file
+    found = try_to_load_from_cache(repo, file, revision=spec.revision)
+    return Path(found) if isinstance(found, str) else None
+
+
+def check_gguf(path: Path) -> None:
+    """Raises ``ModelUnavailable`` unless ``path`` starts like a GGUF file."""
     try:
-        path = Path(
+        with path.open("rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise ModelUnavailable(f"Cannot read the model file {path}: {exc.strerror}.") from None
+    if magic != GGUF_MAGIC:
+        raise ModelUnavailable(
+            f"The model file {path} is not a GGUF file; llama.cpp serves only .gguf models "
+            "(convert it, or pick a GGUF file)."
+        )
+
+
+def _download(
+    spec: ModelSpec, token: str | None, progress: DownloadProgress | None, *, force: bool
+) -> Path:
+    repo, file = spec.hub_file
+    if force and constants.HF_HUB_OFFLINE:
+        raise _unreachable(spec)
+    logger.info("fetching %s (the Hugging Face cache is used when it has the file)", spec.source)
+    try:
+        return Path(
             hf_hub_download(
-                repo_id=settings.model_repo,
-                filename=settings.model_file,
-                revision=settings.model_revision,
-                token=settings.huggingface_token or None,
+                repo_id=repo,
+                filename=file,
+                revision=spec.revision,
+                token=token or None,
+                force_download=force,
+                tqdm_class=progress.bar_class() if progress is not None else None,
             )
         )
     except GatedRepoError:
         raise ModelUnavailable(
-            f"{settings.model_repo} is gated: accept its terms on the Hub and set "
-            "HUGGINGFACE_TOKEN (or HF_TOKEN) to a token of an account with access."
-        ) from None
-    except RepositoryNotFoundError:
-        raise ModelUnavailable(
-            f"The Hub has no repository {settings.model_repo} that this token can see; check "
-            "APP_MODEL_REPO, and set HUGGINGFACE_TOKEN if the repository is private."
+            f"{spec.repo} is gated: accept its terms on the Hub with your account and "
+            f"{_HOW_TO_AUTHENTICATE}."
         ) from None
     except RevisionNotFoundError:
         raise ModelUnavailable(
-            f"{settings.model_repo} has no revision {settings.model_revision!r}; check "
-            "APP_MODEL_REVISION."
+            f"{spec.repo} has no revision {spec.revision!r}; check {spec.setting('revision')}."
         ) from None
-    except LocalEntryNotFoundError:
-        raise ModelUnavailable(
-            f"Cannot download {where}: the Hub is unreachable (or HF_HUB_OFFLINE is set) and the "
-            "file is not in the Hugging Face cache; connect once, or set APP_MODEL_PATH to a "
-            "local GGUF file."
-        ) from None
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled):  # before their base class, next
+        raise _unreachable(spec) from None
     except EntryNotFoundError:
         raise ModelUnavailable(
-            f"{settings.model_repo} has no file {settings.model_file!r}; check APP_MODEL_FILE."
+            f"{spec.repo}@{spec.revision} has no file {spec.file!r}; check {spec.setting('file')}."
         ) from None
     except HfHubHTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else "an"
-        raise ModelUnavailable(
-            f"The Hub answered with {status} error while downloading {where}; try again later."
-        ) from None
+        raise ModelUnavailable(_http_failure(spec, exc, token)) from None
     except OSError as exc:
-        raise ModelUnavailable(f"Cannot download {where}: {exc}.") from None
-    logger.info("model file ready at %s", path)
-    return path
+        raise ModelUnavailable(f"Cannot download {spec.source}: {exc}.") from None
+
+
+def _unreachable(spec: ModelSpec) -> ModelUnavailable:
+    return ModelUnavailable(
+        f"Cannot download {spec.source}: the Hub is unreachable (or HF_HUB_OFFLINE is set) and "
+        "the Hugging Face cache has no good copy; run 'python -m app model pull' where the Hub "
+        f"is reachable and copy the cache (HF_HOME) over, or set {spec.setting('path')} to a "
+        "local GGUF file."
+    )
+
+
+def _http_failure(spec: ModelSpec, exc: HfHubHTTPError, token: str | None) -> str:
+    status = exc.response.status_code if exc.response is not None else None
+    if status == 401 and not token:
+        return (
+            f"The Hub wants a token for {spec.repo} (401): it is private or gated, or does not "
+            f"exist; {_HOW_TO_AUTHENTICATE}, and check {spec.setting('repo')}."
+        )
+    if status == 401:
+        return (
+            f"The Hub refused the token for {spec.repo} (401): the token is invalid or expired, "
+            "or the repository does not exist; create a new token at "
+            f"https://huggingface.co/settings/tokens and check {spec.setting('repo')}."
+        )
+    if status == 403:
+        return (
+            f"The token lacks access to {spec.repo} (403): accept the repository's terms on the "
+            "Hub with the token's account, and give the token read access."
+        )
+    if isinstance(exc, RepositoryNotFoundError) or status == 404:
+        return (
+            f"The Hub has no repository {spec.repo} that this token can see; check "
+            f"{spec.setting('repo')}, and set HUGGINGFACE_TOKEN if it is private."
+        )
+    return (
+        f"The Hub answered with a {status or 'failed'} error while downloading {spec.source}; "
+        "try again later."
+    )
+
+
+def _intact(path: Path) -> bool:
+    """Whether a file from the Hub cache matches the sha256 its blob is named by.
+
+    Files that are not in LFS have a git hash as their name, not a sha256; those (small text
+    files, never a GGUF) pass unchecked.
+    """
+    expected = path.resolve().name
+    if not _SHA256.match(expected):
+        return True
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest() == expected
+
+
+def _discard(path: Path) -> None:
+    """Removes a damaged cached file: the blob and the snapshot's link to it."""
+    path.resolve().unlink(missing_ok=True)
+    path.unlink(missing_ok=True)

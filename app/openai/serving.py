@@ -31,7 +31,7 @@ from app.inference.engine import (
     TokenLogprob,
 )
 from app.inference.grammars import json_object_grammar, json_schema_grammar
-from app.inference.host import ModelHost
+from app.inference.host import Lease, ModelHost
 from app.openai.protocol import (
     MAX_CHOICES_PER_REQUEST,
     AssistantMessage,
@@ -69,12 +69,21 @@ _DONE = b"data: [DONE]\n\n"
 
 @dataclass
 class _Job:
-    """Validated, tokenized work: ``n`` generations for each prompt."""
+    """Validated, tokenized work: ``n`` generations for each prompt, on a leased model."""
 
-    engine: Engine
+    lease: Lease
     prompts: list[list[int]]
     params: SamplingParams
     n: int
+
+    @property
+    def engine(self) -> Engine:
+        return self.lease.engine
+
+    @property
+    def model(self) -> str:
+        """The model's id (a request may have named it by an alias)."""
+        return self.lease.model_id
 
     @property
     def choices(self) -> int:
@@ -85,14 +94,15 @@ class _Job:
         return sum(len(p) for p in self.prompts)
 
     def start(self) -> AsyncGenerator[tuple[int, GenerationEvent]]:
-        """Every choice's events, tagged with the choice index, as they come."""
+        """Every choice's events, tagged with the choice index, as they come; the model's lease
+        ends with them."""
         runs = [
             self.engine.generate(tokens, _choice_params(self.params, j))
             for tokens in self.prompts
             for j in range(self.n)
         ]
         # One choice (the usual case) needs no merging task: one hop less per token.
-        return _single(runs[0]) if len(runs) == 1 else _merge(runs)
+        return _leased(_single(runs[0]) if len(runs) == 1 else _merge(runs), self.lease)
 
 
 @dataclass
@@ -121,43 +131,46 @@ class OpenAIService:
     # --- models and tokenizer ------------------------------------------------------------------
 
     def list_models(self) -> ModelList:
-        """The served model, whether or not it has finished loading."""
-        return ModelList(data=[self._model()])
+        """The configured models, whether or not they are loaded."""
+        return ModelList(data=[self._model(spec.id) for spec in self._host.catalog.models])
 
-    def get_model(self, model_id: str) -> Model:
-        """One model; raises ``ModelNotFound``."""
-        self._host.check_model(model_id)
-        return self._model()
+    def get_model(self, name: str) -> Model:
+        """One model, by id or alias; raises ``ModelNotFound``."""
+        return self._model(self._host.find(name).id)
 
-    def _model(self) -> Model:
-        return Model(id=self._host.model_id, created=self._created, owned_by=self._owned_by)
+    def _model(self, model_id: str) -> Model:
+        return Model(id=model_id, created=self._created, owned_by=self._owned_by)
 
     async def tokenize(self, request: TokenizeRequest) -> TokenizeResponse:
         """The tokens of ``request.content``."""
-        engine = self._host.engine(request.model or self._host.model_id)
-        return TokenizeResponse(
-            tokens=await engine.tokenize(request.content, add_special=request.add_special)
-        )
+        async with self._host.lease(request.model or self._host.model_id) as lease:
+            return TokenizeResponse(
+                tokens=await lease.engine.tokenize(request.content, add_special=request.add_special)
+            )
 
     async def detokenize(self, request: DetokenizeRequest) -> DetokenizeResponse:
         """The text of ``request.tokens``."""
-        engine = self._host.engine(request.model or self._host.model_id)
-        if request.tokens and max(request.tokens) >= engine.vocab_size:
-            raise InvalidRequest(
-                f"Token ids run from 0 to {engine.vocab_size - 1}.", param="tokens"
-            )
-        return DetokenizeResponse(content=await engine.detokenize(request.tokens))
+        async with self._host.lease(request.model or self._host.model_id) as lease:
+            vocab_size = lease.engine.vocab_size
+            if request.tokens and max(request.tokens) >= vocab_size:
+                raise InvalidRequest(f"Token ids run from 0 to {vocab_size - 1}.", param="tokens")
+            return DetokenizeResponse(content=await lease.engine.detokenize(request.tokens))
 
     # --- /v1/completions -----------------------------------------------------------------------
 
     async def _completion_job(self, request: CompletionRequest) -> _Job:
-        engine = self._host.engine(request.model)
         request.check_supported()
-        params = request.sampling_params(
-            self._defaults, vocab_size=engine.vocab_size, logprobs=request.logprobs
-        )
-        prompts = list(await asyncio.gather(*(engine.tokenize(p) for p in request.prompts())))
-        return _job(engine, prompts, params, request.n or 1)
+        lease = await self._host.acquire(request.model)
+        try:
+            engine = lease.engine
+            params = request.sampling_params(
+                self._defaults, vocab_size=engine.vocab_size, logprobs=request.logprobs
+            )
+            prompts = list(await asyncio.gather(*(engine.tokenize(p) for p in request.prompts())))
+            return _job(lease, prompts, params, request.n or 1)
+        except BaseException:
+            lease.release()
+            raise
 
     async def create_completion(self, request: CompletionRequest) -> CompletionResponse:
         """Completes every prompt ``n`` times."""
@@ -166,7 +179,7 @@ class OpenAIService:
         return CompletionResponse(
             id=new_id("cmpl"),
             created=now(),
-            model=request.model,
+            model=job.model,
             choices=[
                 CompletionChoice(
                     text="".join(c.parts),
@@ -193,7 +206,7 @@ class OpenAIService:
                 CompletionResponse(
                     id=response_id,
                     created=created,
-                    model=request.model,
+                    model=job.model,
                     choices=choices,
                     usage=usage if request.include_usage else msgspec.UNSET,
                 )
@@ -220,7 +233,6 @@ class OpenAIService:
     # --- /v1/chat/completions ------------------------------------------------------------------
 
     async def _chat_job(self, request: ChatCompletionRequest) -> _Job:
-        engine = self._host.engine(request.model)
         request.check_supported()
         grammar = None
         if isinstance(request.response_format, JsonObjectFormat):
@@ -228,18 +240,23 @@ class OpenAIService:
         elif isinstance(request.response_format, JsonSchemaFormat):
             schema = request.response_format.json_schema.schema
             grammar = await asyncio.to_thread(json_schema_grammar, schema or {"type": "object"})
-        params = request.sampling_params(
-            self._defaults,
-            vocab_size=engine.vocab_size,
-            logprobs=request.top_logprob_count(),
-            grammar=grammar,
-        )
-        messages = [
-            ChatMessage("system" if m.role == "developer" else m.role, m.text())
-            for m in request.messages
-        ]
-        prompt = await engine.tokenize_chat(messages)
-        return _job(engine, [prompt], params, request.n or 1)
+        lease = await self._host.acquire(request.model)
+        try:
+            params = request.sampling_params(
+                self._defaults,
+                vocab_size=lease.engine.vocab_size,
+                logprobs=request.top_logprob_count(),
+                grammar=grammar,
+            )
+            messages = [
+                ChatMessage("system" if m.role == "developer" else m.role, m.text())
+                for m in request.messages
+            ]
+            prompt = await lease.engine.tokenize_chat(messages)
+            return _job(lease, [prompt], params, request.n or 1)
+        except BaseException:
+            lease.release()
+            raise
 
     async def create_chat_completion(self, request: ChatCompletionRequest) -> ChatCompletion:
         """Replies to the conversation ``n`` times."""
@@ -248,7 +265,7 @@ class OpenAIService:
         return ChatCompletion(
             id=new_id("chatcmpl"),
             created=now(),
-            model=request.model,
+            model=job.model,
             choices=[
                 ChatChoice(
                     index=i,
@@ -272,7 +289,7 @@ class OpenAIService:
                 ChatCompletionChunk(
                     id=response_id,
                     created=created,
-                    model=request.model,
+                    model=job.model,
                     choices=choices,
                     usage=usage if request.include_usage else msgspec.UNSET,
                 )
@@ -297,8 +314,9 @@ class OpenAIService:
         )
 
 
-def _job(engine: Engine, prompts: list[list[int]], params: SamplingParams, n: int) -> _Job:
+def _job(lease: Lease, prompts: list[list[int]], params: SamplingParams, n: int) -> _Job:
     """Checks what can be checked before generating anything."""
+    engine = lease.engine
     for tokens in prompts:
         if not tokens:
             raise InvalidRequest("The prompt is empty.", param="prompt")
@@ -310,7 +328,7 @@ def _job(engine: Engine, prompts: list[list[int]], params: SamplingParams, n: in
             f"times n={n} is more.",
             param="n",
         )
-    return _Job(engine, prompts, params, n)
+    return _Job(lease, prompts, params, n)
 
 
 def _choice_params(params: SamplingParams, index: int) -> SamplingParams:
@@ -318,6 +336,17 @@ def _choice_params(params: SamplingParams, index: int) -> SamplingParams:
     if index == 0 or params.seed is None:
         return params
     return msgspec.structs.replace(params, seed=params.seed + index)
+
+
+async def _leased(
+    events: AsyncGenerator[tuple[int, GenerationEvent]], lease: Lease
+) -> AsyncGenerator[tuple[int, GenerationEvent]]:
+    try:
+        async for item in events:
+            yield item
+    finally:
+        await events.aclose()
+        lease.release()
 
 
 async def _single(

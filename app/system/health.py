@@ -14,6 +14,21 @@ from app.accounts.security import PUBLIC
 from app.inference.host import ModelHost, ModelState
 
 
+class ModelHealth(msgspec.Struct, kw_only=True):
+    """One configured model's state."""
+
+    id: str
+    state: Annotated[
+        str,
+        msgspec.Meta(
+            description="`starting`, `downloading`, `unloaded` (on disk; loads on the next "
+            "request), `loading`, `ready` or `failed`."
+        ),
+    ]
+    download_percent: float | None = None
+    error: str | None = None
+
+
 class Health(msgspec.Struct, kw_only=True):
     """The service's state."""
 
@@ -24,17 +39,23 @@ class Health(msgspec.Struct, kw_only=True):
             "or `stopping`."
         ),
     ]
-    model: str
+    model: Annotated[str, msgspec.Meta(description="The default model's id.")]
     error: str | None = None
+    download_percent: Annotated[
+        float | None,
+        msgspec.Meta(description="While `downloading`: percent of the current file on disk."),
+    ] = None
     slots: Annotated[int | None, msgspec.Meta(description="Sequences generated at once.")] = None
     slots_busy: int | None = None
     queue: Annotated[int | None, msgspec.Meta(description="Requests waiting for a slot.")] = None
+    models: list[ModelHealth] = msgspec.field(default_factory=list)
 
 
 @get(
     "/health",
     summary="Health and readiness",
-    description="200 with `status: ok` once the model is loaded; 503 with the state until then.",
+    description="200 with `status: ok` once the default model is loaded; 503 with the state "
+    "until then (with the download's percent while downloading).",
     tags=["System"],
     opt={PUBLIC: True},
     responses={503: ResponseSpec(data_container=Health, description="Not ready yet.")},
@@ -48,9 +69,21 @@ async def health(host: NamedDependency[SkipValidation[ModelHost]]) -> Response[H
             status=status,
             model=host.model_id,
             error=host.error,
+            download_percent=host.download_percent(),
             slots=stats.slots if stats else None,
             slots_busy=stats.busy if stats else None,
             queue=stats.waiting if stats else None,
+            models=[
+                ModelHealth(
+                    id=m.id,
+                    state=m.state.value,
+                    download_percent=m.progress.percent
+                    if m.state is ModelState.DOWNLOADING
+                    else None,
+                    error=m.error,
+                )
+                for m in host.models.values()
+            ],
         ),
         status_code=200 if ready else 503,
     )

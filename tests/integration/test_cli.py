@@ -15,7 +15,8 @@ from pathlib import Path
 import httpx
 from argon2 import PasswordHasher
 
-from tests.hubserver import COMMIT, serve_hub
+from app.settings import DEFAULT_MODEL_REVISION
+from tests.hubserver import serve_hub
 from tests.integration.support import access_token, free_port, wait_healthy
 
 REPO, FILE = "test-org/SmolLM2-135M-Instruct-GGUF", "smollm2-135m-instruct.q4_1.gguf"
@@ -124,11 +125,13 @@ def test_first_start_downloads_from_the_hub_and_the_second_uses_the_cache(
             )
             assert completion.status_code == 200
             assert completion.json()["usage"]["completion_tokens"] > 0
-        assert [r.path for r in hub.downloads()] == [f"/{REPO}/resolve/main/{FILE}"]
+        assert [r.path for r in hub.downloads()] == [
+            f"/{REPO}/resolve/{DEFAULT_MODEL_REVISION}/{FILE}"
+        ]
 
         # The file sits in the Hub's standard cache layout, where other tools find it.
         cached = tmp_path / "hub" / f"models--{REPO.replace('/', '--')}"
-        snapshot = cached / "snapshots" / COMMIT / FILE
+        snapshot = cached / "snapshots" / DEFAULT_MODEL_REVISION / FILE
         assert snapshot.is_file()
         assert snapshot.stat().st_size == model_file.stat().st_size
         assert (cached / "blobs" / hub.sha256(model_file)).is_file()
@@ -162,7 +165,10 @@ def test_a_file_missing_on_the_hub_stops_the_start_with_one_sentence(
             APP_PORT=str(free_port()),
         )
     assert result.returncode == 1
-    assert f"{REPO} has no file 'absent.gguf'; check APP_MODEL_FILE." in result.stderr
+    assert (
+        f"{REPO}@{DEFAULT_MODEL_REVISION} has no file 'absent.gguf'; check APP_MODEL_FILE."
+        in result.stderr
+    )
     assert "Traceback" not in result.stderr
 
 
