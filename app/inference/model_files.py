@@ -2,10 +2,10 @@
 
 Downloads go through ``huggingface_hub`` into its standard cache (``HF_HOME``/``HF_HUB_CACHE``), so
 other tools share the file and later starts find it there. ``HF_ENDPOINT`` and ``HF_HUB_OFFLINE``
-work as they do for every Hub client. ``huggingface_hub`` resumes an interrupted transfer (within a
-run after a dropped connection, and across runs from its ``.incomplete`` file) and checks the size;
-on top of that every file from the Hub is checked against its sha256, which the cache names its
-blobs by (the Hub's LFS ETag), so a truncated or damaged cached copy is found and fetched again.
+work as they do for every Hub client. ``huggingface_hub`` resumes a transfer after a dropped
+connection and checks the size; on top of that a download that an earlier run left partway is
+finished rather than started over, and every file from the Hub is checked against its sha256, which
+the cache names its blobs by (the Hub's LFS ETag), so a truncated or damaged copy is fetched again.
 """
 
 from __future__ import annotations
@@ -15,7 +15,13 @@ import logging
 import re
 from pathlib import Path
 
-from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+from huggingface_hub import (
+    constants,
+    get_hf_file_metadata,
+    hf_hub_download,
+    hf_hub_url,
+    try_to_load_from_cache,
+)
 from huggingface_hub.errors import (
     EntryNotFoundError,
     GatedRepoError,
@@ -25,6 +31,8 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+from huggingface_hub.file_download import http_get, repo_folder_name
+from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]  # documented
 
 from app.errors import ModelUnavailable
 from app.inference.catalog import ModelSpec
@@ -107,6 +115,8 @@ def _download(
         raise _unreachable(spec)
     logger.info("fetching %s (the Hugging Face cache is used when it has the file)", spec.source)
     try:
+        if not force:
+            _resume_partial(repo, file, spec.revision, token, progress)
         return Path(
             hf_hub_download(
                 repo_id=repo,
@@ -136,6 +146,47 @@ def _download(
         raise ModelUnavailable(_http_failure(spec, exc, token)) from None
     except OSError as exc:
         raise ModelUnavailable(f"Cannot download {spec.source}: {exc}.") from None
+
+
+def _resume_partial(
+    repo: str, file: str, revision: str, token: str | None, progress: DownloadProgress | None
+) -> None:
+    """Finishes a download that an earlier run left partway, so that it is not started over.
+
+    ``huggingface_hub`` resumes within one run after a dropped connection, but each run writes
+    its own ``<etag>.<random>.incomplete`` file and starts from zero. A killed run's file is
+    adopted here and completed with the library's own ranged ``http_get``, then moved to the
+    blob name where ``hf_hub_download`` finds it (and only links it into the snapshot).
+    """
+    if constants.HF_HUB_OFFLINE:
+        return
+    repo_dir = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo, repo_type="model")
+    blobs = repo_dir / "blobs"
+    if not blobs.is_dir() or not any(blobs.glob("*.incomplete")):
+        return  # nothing left over: no extra request to the Hub
+    meta = get_hf_file_metadata(hf_hub_url(repo, file, revision=revision), token=token or None)
+    if meta.etag is None or not _SHA256.match(meta.etag) or (blobs / meta.etag).exists():
+        return
+    partial = blobs / f"{meta.etag}.resume.incomplete"
+    leftovers = [p for p in blobs.glob(f"{meta.etag}.*.incomplete") if p != partial]
+    for leftover in sorted(leftovers, key=lambda p: p.stat().st_size):
+        if not partial.exists() or leftover.stat().st_size > partial.stat().st_size:
+            leftover.replace(partial)
+        else:
+            leftover.unlink()
+    if not partial.exists():
+        return
+    with partial.open("ab") as f:
+        http_get(
+            meta.location,
+            f,
+            resume_size=f.tell(),
+            headers=build_hf_headers(token=token or None),
+            expected_size=meta.size,
+            displayed_filename=file,
+            tqdm_class=progress.bar_class() if progress is not None else None,
+        )
+    partial.replace(blobs / meta.etag)
 
 
 def _unreachable(spec: ModelSpec) -> ModelUnavailable:

@@ -303,3 +303,35 @@ def test_a_bad_models_file_stops_the_start_with_one_sentence(tmp_path: Path) -> 
     assert result.stderr.strip() == (
         f"error: APP_MODELS_FILE {models}, model 'x': give either path, or repo and file."
     )
+
+
+def test_a_download_killed_midway_resumes_on_the_next_run(tmp_path: Path, model_file: Path) -> None:
+    blobs = tmp_path / "hub" / f"models--{REPO.replace('/', '--')}" / "blobs"
+    with serve_hub({(REPO, FILE): model_file}, pause_per_mib=0.05) as hub:
+        pulling = subprocess.Popen(
+            [sys.executable, "-m", "app", "model", "pull"],
+            env=app_env(tmp_path, HF_ENDPOINT=hub.url, **HUB_MODEL),
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 120
+            partial: list[Path] = []
+            while time.monotonic() < deadline and pulling.poll() is None:
+                partial = list(blobs.glob("*.incomplete")) if blobs.is_dir() else []
+                if partial and partial[0].stat().st_size > 8 << 20:
+                    break
+                time.sleep(0.05)
+        finally:
+            pulling.kill()
+            pulling.wait()
+        assert partial, "the download never got going"
+        kept = partial[0].stat().st_size
+
+        hub.pause_per_mib = 0
+        resumed = run_app(tmp_path, "model", "pull", HF_ENDPOINT=hub.url, **HUB_MODEL)
+    assert resumed.returncode == 0, resumed.stderr
+    assert hub.downloads()[-1].header("Range") == f"bytes={kept}-"
+    assert f"resuming the download of {FILE} at {kept / 1e6:.1f} MB" in resumed.stderr
+    assert sha256(cached_blob(tmp_path, model_file)) == sha256(model_file)
