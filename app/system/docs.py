@@ -3,22 +3,42 @@
 Litestar mounts its documentation router, with a catch-all HTML 404, under ``OpenAPIConfig.path``
 (``/schema`` here). Mounting it at ``/`` would answer every unknown path with HTML instead of
 OpenAI's JSON error, so the three well-known URLs are served here instead.
+
+The pages' JavaScript and CSS come from the service itself (``/docs-assets``, vendored by
+``scripts/vendor-docs-assets``), not from a CDN, so the docs work on a host without internet.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from litestar import MediaType, Request, get
+from litestar.datastructures import CacheControlHeader
 from litestar.enums import OpenAPIMediaType
 from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
 from litestar.response import Redirect
+from litestar.static_files import create_static_files_router
+from litestar.types import ControllerRouterHandler
 
 from app.accounts.security import PUBLIC
 
 SCHEMA_PATH = "/schema"
+ASSETS_PATH = "/docs-assets"
+_ASSETS_DIR = Path(__file__).parent / "static" / "docs"
 _PUBLIC = {PUBLIC: True}
-RENDER_PLUGINS = (SwaggerRenderPlugin(), RedocRenderPlugin())
+_FAVICON = f'<link rel="icon" type="image/png" href="{ASSETS_PATH}/favicon-32x32.png">'
+RENDER_PLUGINS = (
+    SwaggerRenderPlugin(
+        js_url=f"{ASSETS_PATH}/swagger-ui-bundle.js",
+        css_url=f"{ASSETS_PATH}/swagger-ui.css",
+        standalone_preset_js_url=f"{ASSETS_PATH}/swagger-ui-standalone-preset.js",
+        favicon=_FAVICON,
+    ),
+    RedocRenderPlugin(
+        js_url=f"{ASSETS_PATH}/redoc.standalone.js", google_fonts=False, favicon=_FAVICON
+    ),
+)
 _SWAGGER, _REDOC = RENDER_PLUGINS
 
 
@@ -58,4 +78,13 @@ def index() -> Redirect:
     return Redirect("/docs")
 
 
-docs_handlers = [openapi_json, swagger_ui, redoc, index]
+docs_assets = create_static_files_router(
+    path=ASSETS_PATH,
+    directories=[_ASSETS_DIR],
+    name="docs-assets",
+    opt=_PUBLIC,
+    # The file names carry no version: a day's caching, revalidated after an upgrade.
+    cache_control=CacheControlHeader(max_age=86_400),
+)
+
+docs_handlers: list[ControllerRouterHandler] = [openapi_json, swagger_ui, redoc, index, docs_assets]

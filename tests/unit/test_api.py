@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -284,6 +285,23 @@ async def test_unknown_route_and_wrong_method_are_openai_errors(
     wrong = await client.delete("/v1/models")
     assert wrong.status_code == 405
     assert_openai_error(wrong.json(), param=None)
+
+
+async def test_docs_pages_load_their_assets_from_the_service_not_a_cdn(
+    client: AsyncTestClient[Any],
+) -> None:
+    for path in ("/docs", "/redoc"):
+        page = (await client.get(path)).text
+        sources = re.findall(r'(?:src|href)="([^"]+)"', page)
+        assert sources, path
+        assert all(s.startswith("/docs-assets/") for s in sources), sources
+        for source in sources:
+            asset = await client.get(source)  # no credentials: the docs are public
+            assert asset.status_code == 200, source
+            assert "max-age=86400" in asset.headers["cache-control"]
+    missing = await client.get("/docs-assets/nothing.js")
+    assert missing.status_code == 404
+    assert_openai_error(missing.json(), param=None)
 
 
 async def test_docs_and_schema_are_served(client: AsyncTestClient[Any]) -> None:
