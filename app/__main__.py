@@ -32,6 +32,7 @@ from app.inference import commands
 from app.inference.catalog import load_catalog
 from app.inference.host import ModelHost, ModelState
 from app.settings import ConfigError, Settings
+from app.system.logs import configure_logging
 
 logger = logging.getLogger("app")
 
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = Settings.from_env()
-        configure_logging(settings.log_level)
+        configure_logging(settings.log_level, settings.log_format)
         if args.command == "check-config":
             load_catalog(settings)
             print("configuration is valid")
@@ -110,23 +111,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def configure_logging(level: str) -> None:
-    """Readable log lines on stderr, uvicorn's included."""
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # huggingface_hub installs its own stderr handler; send its records through ours instead,
-    # as its documentation advises, so each line appears once and in one format.
-    hub_logger = logging.getLogger("huggingface_hub")
-    hub_logger.handlers.clear()
-    hub_logger.propagate = True
-    # The Hub client's HTTP library logs every request at INFO; its failures reach us anyway.
-    for name in ("httpx", "httpx2", "httpcore"):
-        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
-
-
 async def serve(settings: Settings) -> int:
     """Serves until interrupted; exits 1 if the model cannot be fetched or loaded."""
     # The scheduler thread needs the GIL between llama.cpp decodes (which release it) while
@@ -149,6 +133,7 @@ async def serve(settings: Settings) -> int:
         host=settings.host,
         port=settings.port,
         log_config=None,
+        access_log=False,  # app.access writes one richer line per request
         lifespan="on",
         # Running streams may finish this long after SIGTERM before they are cut.
         timeout_graceful_shutdown=int(settings.shutdown_grace) or None,

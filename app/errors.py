@@ -18,6 +18,8 @@ from litestar.openapi import ResponseSpec
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ExceptionHandlersMap
 
+from app.system.logs import note_error
+
 logger = logging.getLogger(__name__)
 
 
@@ -241,7 +243,8 @@ def error_response(
     code: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response[ErrorResponse]:
-    """A response in OpenAI's error shape."""
+    """A response in OpenAI's error shape (its code also goes to the request's access line)."""
+    note_error(code or error_type)
     return Response(
         ErrorResponse(ErrorDetail(message=message, type=error_type, param=param, code=code)),
         status_code=status_code,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -28,8 +29,10 @@ from app.openai.controllers import OpenAIController, TokenizerController
 from app.openai.protocol import SamplingDefaults
 from app.openai.serving import OpenAIService
 from app.settings import Settings
+from app.system.access import RequestContext
 from app.system.docs import RENDER_PLUGINS, SCHEMA_PATH, docs_handlers
 from app.system.health import health
+from app.system.metrics import Metrics, metrics_endpoint, serve_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -52,17 +55,28 @@ def account_service(settings: Settings, db: Database) -> AccountService:
     )
 
 
+ADMIN_PASSWORD_FILE = "initial_admin_password"  # noqa: S105 - a file name
+
+
 async def prepare_accounts(settings: Settings, accounts: AccountService) -> None:
-    """Creates the first admin if there is none, logging a generated password once."""
+    """Creates the first admin if there is none; a generated password goes to a private file
+    in the data directory, never to the log (logs get shipped and kept)."""
     generated = await accounts.ensure_admin(settings.admin_username, settings.admin_password)
-    if generated is not None:
-        logger.warning(
-            "created the admin user %r with the password %s (shown only this once; change it "
-            "with POST /users/me/password or 'python -m app users passwd %s')",
-            settings.admin_username,
-            generated,
-            settings.admin_username,
-        )
+    if generated is None:
+        return
+    path = Path(settings.data_dir) / ADMIN_PASSWORD_FILE
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(generated + "\n")
+    logger.warning(
+        "created the admin user %r with a generated password, written to %s (readable by this "
+        "user only); log in, change it with POST /users/me/password or 'python -m app users "
+        "passwd %s', then delete the file",
+        settings.admin_username,
+        path,
+        settings.admin_username,
+    )
 
 
 def create_app(
@@ -83,10 +97,12 @@ def create_app(
         ConfigError: ``JWT_SECRET_KEY`` (or the stored secret) or the models file is unusable.
     """
     host = ModelHost(settings, load_catalog(settings), engine=engine, loader=engine_loader)
+    metrics = Metrics(host.stats)
     service = OpenAIService(
         host,
         SamplingDefaults(max_tokens=settings.max_length, temperature=settings.temperature),
         owned_by=OWNED_BY,
+        metrics=metrics,
     )
     db = Database(database_path(settings))
     accounts = account_service(settings, db)
@@ -115,9 +131,22 @@ def create_app(
                 await loading
             await host.close()
 
+    @contextlib.asynccontextmanager
+    async def metrics_lifespan(_: Litestar) -> AsyncIterator[None]:
+        if settings.metrics_listen is None:
+            yield
+            return
+        stop = await asyncio.to_thread(serve_metrics, metrics, settings.metrics_listen)
+        logger.info("metrics served openly on http://%s/metrics", settings.metrics_listen)
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(stop)
+
     app = Litestar(
         route_handlers=[
             health,
+            *([metrics_endpoint] if settings.metrics_listen is None else []),
             OpenAIController,
             TokenizerController,
             AuthController,
@@ -131,9 +160,10 @@ def create_app(
             "accounts": Provide(lambda: accounts, sync_to_thread=False),
             "auth": Provide(lambda: auth, sync_to_thread=False),
             "login_throttle": Provide(lambda: login_throttle, sync_to_thread=False),
+            "metrics": Provide(lambda: metrics, sync_to_thread=False),
         },
         on_app_init=[auth.on_app_init],
-        lifespan=[database_lifespan, model_lifespan],
+        lifespan=[database_lifespan, metrics_lifespan, model_lifespan],
         exception_handlers=exception_handlers,
         request_max_body_size=settings.max_request_bytes,
         openapi_config=OpenAPIConfig(
@@ -149,7 +179,10 @@ def create_app(
         ),
         logging_config=None,
     )
+    # Outermost: request ids, access lines and HTTP metrics see every request, 404s included.
+    app.asgi_handler = RequestContext(app.asgi_handler, metrics)
     app.state.host = host
+    app.state.metrics = metrics
     app.state.db = db
     # The auth middleware looks users up through this (Litestar's documented pattern).
     app.state.accounts = accounts

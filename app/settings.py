@@ -61,6 +61,17 @@ class Settings(
         Literal["debug", "info", "warning", "error"],
         Meta(description="Least severe log level written: debug, info, warning or error."),
     ] = "info"
+    log_format: Annotated[
+        Literal["auto", "json", "text"],
+        Meta(description="Log lines as json or text; auto: text on a terminal, json elsewhere."),
+    ] = "auto"
+    metrics_listen: Annotated[
+        Annotated[str, Meta(pattern=r"^[^\s]*:\d{1,5}$")] | None,
+        Meta(
+            description="host:port for an open /metrics listener; empty: /metrics on the main "
+            "port, for admins only."
+        ),
+    ] = None
 
     model_name: Annotated[
         str,
@@ -190,7 +201,7 @@ class Settings(
     ] = "admin"
     admin_password: Annotated[
         Annotated[str, Meta(min_length=MIN_PASSWORD, max_length=MAX_PASSWORD)] | None,
-        Meta(description="Password for APP_ADMIN_USERNAME; empty means generate one, logged once."),
+        Meta(description="Password for APP_ADMIN_USERNAME; empty: generated into APP_DATA_DIR."),
     ] = None
     password_hash_memory_kib: Annotated[
         int,

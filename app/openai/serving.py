@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -61,6 +62,8 @@ from app.openai.protocol import (
     new_id,
     now,
 )
+from app.system.logs import current_request, note_error
+from app.system.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +78,7 @@ class _Job:
     prompts: list[list[int]]
     params: SamplingParams
     n: int
+    metrics: Metrics | None = None
 
     @property
     def engine(self) -> Engine:
@@ -102,7 +106,7 @@ class _Job:
             for j in range(self.n)
         ]
         # One choice (the usual case) needs no merging task: one hop less per token.
-        return _leased(_single(runs[0]) if len(runs) == 1 else _merge(runs), self.lease)
+        return _observed(self, _single(runs[0]) if len(runs) == 1 else _merge(runs))
 
 
 @dataclass
@@ -122,8 +126,15 @@ class _Choice:
 class OpenAIService:
     """Completions, chat completions, models and the tokenizer, over the served model."""
 
-    def __init__(self, host: ModelHost, defaults: SamplingDefaults, owned_by: str) -> None:
+    def __init__(
+        self,
+        host: ModelHost,
+        defaults: SamplingDefaults,
+        owned_by: str,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._host = host
+        self._metrics = metrics
         self._defaults = defaults
         self._owned_by = owned_by
         self._created = now()
@@ -167,7 +178,7 @@ class OpenAIService:
                 self._defaults, vocab_size=engine.vocab_size, logprobs=request.logprobs
             )
             prompts = list(await asyncio.gather(*(engine.tokenize(p) for p in request.prompts())))
-            return _job(lease, prompts, params, request.n or 1)
+            return _job(lease, prompts, params, request.n or 1, self._metrics)
         except BaseException:
             lease.release()
             raise
@@ -253,7 +264,7 @@ class OpenAIService:
                 for m in request.messages
             ]
             prompt = await lease.engine.tokenize_chat(messages)
-            return _job(lease, [prompt], params, request.n or 1)
+            return _job(lease, [prompt], params, request.n or 1, self._metrics)
         except BaseException:
             lease.release()
             raise
@@ -314,7 +325,13 @@ class OpenAIService:
         )
 
 
-def _job(lease: Lease, prompts: list[list[int]], params: SamplingParams, n: int) -> _Job:
+def _job(
+    lease: Lease,
+    prompts: list[list[int]],
+    params: SamplingParams,
+    n: int,
+    metrics: Metrics | None,
+) -> _Job:
     """Checks what can be checked before generating anything."""
     engine = lease.engine
     for tokens in prompts:
@@ -328,7 +345,7 @@ def _job(lease: Lease, prompts: list[list[int]], params: SamplingParams, n: int)
             f"times n={n} is more.",
             param="n",
         )
-    return _Job(lease, prompts, params, n)
+    return _Job(lease, prompts, params, n, metrics)
 
 
 def _choice_params(params: SamplingParams, index: int) -> SamplingParams:
@@ -338,15 +355,47 @@ def _choice_params(params: SamplingParams, index: int) -> SamplingParams:
     return msgspec.structs.replace(params, seed=params.seed + index)
 
 
-async def _leased(
-    events: AsyncGenerator[tuple[int, GenerationEvent]], lease: Lease
+async def _observed(
+    job: _Job, events: AsyncGenerator[tuple[int, GenerationEvent]]
 ) -> AsyncGenerator[tuple[int, GenerationEvent]]:
+    """Passes a job's events on; when they end, releases its model and records what happened
+    (the request's access line, the metrics)."""
+    log = current_request()
+    started = log.started if log is not None else time.perf_counter()
+    first_token: float | None = None
+    completion_tokens = 0
+    outcome = "cancelled"  # unless the events run to their end or fail
     try:
-        async for item in events:
-            yield item
+        async for index, event in events:
+            if isinstance(event, TextDelta):
+                if first_token is None:
+                    first_token = time.perf_counter()
+            else:
+                completion_tokens += event.completion_tokens
+                if outcome == "cancelled":
+                    outcome = event.reason
+            yield index, event
+    except ServiceError as exc:
+        outcome = exc.code or exc.error_type
+        raise
+    except Exception:
+        outcome = "server_error"
+        raise
     finally:
         await events.aclose()
-        lease.release()
+        job.lease.release()
+        if log is not None:
+            log.model, log.first_token = job.model, first_token
+            log.prompt_tokens, log.completion_tokens = job.prompt_tokens, completion_tokens
+        if job.metrics is not None:
+            job.metrics.generation(
+                job.model,
+                job.prompt_tokens,
+                completion_tokens,
+                ttft=None if first_token is None else first_token - started,
+                duration=time.perf_counter() - started,
+                outcome=outcome,
+            )
 
 
 async def _single(
@@ -440,9 +489,11 @@ async def _stream(
             yield usage_chunk(Usage.of(job.prompt_tokens, completion_tokens))
         yield _DONE
     except ServiceError as exc:
+        note_error(exc.code or exc.error_type)
         yield _sse(ErrorResponse(ErrorDetail(exc.message, exc.error_type, exc.param, exc.code)))
     except Exception:
         logger.exception("a stream failed after it began")
+        note_error("server_error")
         yield _sse(
             ErrorResponse(
                 ErrorDetail(

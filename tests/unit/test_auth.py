@@ -550,26 +550,30 @@ def test_the_secret_must_be_as_long_as_the_hash(tmp_path: Path) -> None:
         make_app(tmp_path / "b", JWT_SECRET_KEY=secret, ALGORITHM="HS512")
 
 
-async def test_without_a_configured_password_the_first_admin_gets_a_generated_one_logged_once(
+async def test_without_a_configured_password_the_first_admin_gets_one_in_a_private_file(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
     app = make_app(tmp_path, APP_ADMIN_PASSWORD="")
     async with AsyncTestClient(app=app) as client:
+        path = tmp_path / "data" / "initial_admin_password"
+        password = path.read_text().strip()
+        assert path.stat().st_mode & 0o777 == 0o600
+        assert len(password) >= 16
         lines = [
             r.getMessage() for r in caplog.records if "created the admin user" in r.getMessage()
         ]
         assert len(lines) == 1
-        password = re.search(r"with the password (\S+)", lines[0])
-        assert password is not None
-        assert len(password[1]) >= 16
+        assert str(path) in lines[0]
+        assert password not in caplog.text, "a password never goes to the log"
         for guess in ("admin", "password", "admin123", "changeme"):
             refused = await client.post("/token", data={"username": ADMIN, "password": guess})
             assert refused.status_code in (400, 401)
-        assert await login(client, ADMIN, password[1])
+        assert await login(client, ADMIN, password)
     caplog.clear()
     async with AsyncTestClient(app=make_app(tmp_path, APP_ADMIN_PASSWORD="")):
         assert not [r for r in caplog.records if "created the admin user" in r.getMessage()]
+    assert path.read_text().strip() == password, "a second start leaves it alone"
 
 
 async def test_secrets_never_reach_the_logs_or_error_messages(
