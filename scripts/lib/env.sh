@@ -11,9 +11,10 @@ CACHE_DIR="${APP_BUILD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/llm-service}"
 
 # The llama-cpp-python version is pinned here and in the lock files; scripts/lock checks both agree.
 LLAMA_CPP_VERSION="0.3.36"
-# A portable x86-64 baseline (Haswell and newer). GGML_NATIVE=OFF is what keeps the AMX kernels
-# out; override LLAMA_CMAKE_ARGS to tune for your CPU (the wheel cache is keyed on the flags).
-DEFAULT_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF"
+# A portable x86-64 baseline (Haswell and newer), shared with the Containerfile. GGML_NATIVE=OFF
+# is what keeps the AMX kernels out; override LLAMA_CMAKE_ARGS to tune for your CPU (the wheel
+# cache is keyed on the flags).
+DEFAULT_CMAKE_ARGS="$(cat "$ROOT/scripts/lib/llama-cmake-args")"
 LLAMA_CMAKE_ARGS="${LLAMA_CMAKE_ARGS:-$DEFAULT_CMAKE_ARGS}"
 
 log() { printf '[%s] %s\n' "$(basename "$0")" "$*" >&2; }
@@ -95,4 +96,17 @@ PY
         mv "$file.part" "$file"
     fi
     export APP_TEST_MODEL="$file"
+}
+
+# Debian's Chromium, which the offline /docs test drives (Playwright never downloads a browser
+# here). Installed with apt when missing and running as root; otherwise the test says what to do.
+ensure_chromium() {
+    command -v chromium >/dev/null && return 0
+    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+        log "installing Debian's chromium for the browser test (once)"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+    else
+        log "chromium is missing: install it (Debian: apt-get install chromium) for the /docs test"
+    fi
 }
