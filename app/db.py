@@ -42,6 +42,21 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX api_keys_by_user ON api_keys (user_id);
     """,
+    """
+    -- Per-user limits set by an admin; NULL: the settings' default, 0: no limit.
+    ALTER TABLE users ADD COLUMN requests_per_minute INTEGER;
+    ALTER TABLE users ADD COLUMN tokens_per_day INTEGER;
+    -- What each user used, per UTC day; one row updated in place per request.
+    CREATE TABLE usage (
+        user_id INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+        day TEXT NOT NULL,
+        requests INTEGER NOT NULL DEFAULT 0,
+        prompt_tokens INTEGER NOT NULL DEFAULT 0,
+        completion_tokens INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (user_id, day)
+    ) WITHOUT ROWID;
+    CREATE INDEX usage_by_day ON usage (day);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -8,6 +8,7 @@ unexpected becomes a 500 that says nothing internal; its traceback is logged.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from typing import Any, ClassVar
 
@@ -177,6 +178,33 @@ class QueueFull(ServiceError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after)}
+
+
+class RateLimited(ServiceError):
+    """A user went past one of their limits."""
+
+    status_code = 429
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: float, headers: list[tuple[str, str]]) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, math.ceil(retry_after))
+        self.rate_headers = headers
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after), **dict(self.rate_headers)}
+
+
+class RequestRateLimited(RateLimited):
+    """Past the user's requests per minute (OpenAI's error type ``requests``)."""
+
+    error_type = "requests"
+
+
+class TokenRateLimited(RateLimited):
+    """Past the user's generated tokens per day (OpenAI's error type ``tokens``)."""
+
+    error_type = "tokens"
 
 
 class EngineStopping(ServiceError):

@@ -15,11 +15,17 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
 from app import __version__
-from app.accounts.controllers import AdminController, AuthController, MeController
+from app.accounts.controllers import (
+    AdminController,
+    AdminUsageController,
+    AuthController,
+    MeController,
+)
 from app.accounts.passwords import Passwords
 from app.accounts.security import LoginThrottle, bearer_auth, resolve_jwt_secret
 from app.accounts.service import AccountService
 from app.accounts.store import AccountStore
+from app.accounts.usage import UsageLimits
 from app.db import Database
 from app.errors import exception_handlers
 from app.inference.catalog import load_catalog
@@ -98,13 +104,19 @@ def create_app(
     """
     host = ModelHost(settings, load_catalog(settings), engine=engine, loader=engine_loader)
     metrics = Metrics(host.stats)
+    db = Database(database_path(settings))
+    usage = UsageLimits(
+        db,
+        requests_per_minute=settings.requests_per_minute,
+        tokens_per_day=settings.tokens_per_day,
+    )
     service = OpenAIService(
         host,
         SamplingDefaults(max_tokens=settings.max_length, temperature=settings.temperature),
         owned_by=OWNED_BY,
         metrics=metrics,
+        usage=usage,
     )
-    db = Database(database_path(settings))
     accounts = account_service(settings, db)
     # Litestar's own documentation router (the pages behind /docs and /redoc) is public too.
     auth = bearer_auth(settings, resolve_jwt_secret(settings), public_paths=[f"^{SCHEMA_PATH}/"])
@@ -152,6 +164,7 @@ def create_app(
             AuthController,
             MeController,
             AdminController,
+            AdminUsageController,
             *docs_handlers,
         ],
         dependencies={
@@ -161,6 +174,7 @@ def create_app(
             "auth": Provide(lambda: auth, sync_to_thread=False),
             "login_throttle": Provide(lambda: login_throttle, sync_to_thread=False),
             "metrics": Provide(lambda: metrics, sync_to_thread=False),
+            "usage": Provide(lambda: usage, sync_to_thread=False),
         },
         on_app_init=[auth.on_app_init],
         lifespan=[database_lifespan, metrics_lifespan, model_lifespan],
@@ -183,6 +197,7 @@ def create_app(
     app.asgi_handler = RequestContext(app.asgi_handler, metrics)
     app.state.host = host
     app.state.metrics = metrics
+    app.state.usage = usage  # the rate-limit guard finds it here
     app.state.db = db
     # The auth middleware looks users up through this (Litestar's documented pattern).
     app.state.accounts = accounts

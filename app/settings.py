@@ -215,6 +215,22 @@ class Settings(
         int,
         Meta(ge=1, le=100, description="argon2id passes per password hash."),
     ] = 3
+    requests_per_minute: Annotated[
+        int,
+        Meta(
+            ge=0,
+            le=1_000_000_000,
+            description="Requests per minute each user may send to /v1; 0: no limit.",
+        ),
+    ] = 60
+    tokens_per_day: Annotated[
+        int,
+        Meta(
+            ge=0,
+            le=1_000_000_000,
+            description="Tokens each user may have generated per UTC day; 0: no limit.",
+        ),
+    ] = 100_000
     login_max_failures: Annotated[
         int,
         Meta(ge=1, description="Failed logins per username or client address before a pause."),

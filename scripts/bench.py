@@ -138,6 +138,8 @@ def start_service(
         "APP_DATA_DIR": data,
         "APP_ADMIN_PASSWORD": PASSWORD,
         "APP_LOG_LEVEL": "warning",
+        "APP_REQUESTS_PER_MINUTE": "0",  # one client sends every request: no per-user limits
+        "APP_TOKENS_PER_DAY": "0",
     }
     process = subprocess.Popen([sys.executable, "-m", "app", "serve"], env=env, cwd=data)
     url = f"http://127.0.0.1:{port}"

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Annotated, Any
 
 from litestar import Controller, Request, delete, get, patch, post
 from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
-from litestar.params import Body, FromPath, SkipValidation
+from litestar.params import Body, FromPath, Parameter, SkipValidation
 from litestar.security.jwt import OAuth2PasswordBearerAuth, Token
 from litestar.status_codes import HTTP_200_OK, HTTP_204_NO_CONTENT
 
@@ -26,9 +27,11 @@ from app.accounts.models import (
 )
 from app.accounts.security import PUBLIC, LoginThrottle, admin_only, issue_token
 from app.accounts.service import AccountService
+from app.accounts.usage import UsageLimits, UsageReport, UserDayUsage
 from app.errors import InvalidCredentials, InvalidRequest, error_responses
 
 Accounts = NamedDependency[SkipValidation[AccountService]]
+Usage = NamedDependency[SkipValidation[UsageLimits]]
 AuthRequest = Request[User, Token | None, Any]
 
 
@@ -107,6 +110,24 @@ class MeController(Controller):
     ) -> None:
         await accounts.change_password(request.user, data.current_password, data.new_password)
 
+    @get(
+        "/usage",
+        summary="Your usage and limits",
+        description=(
+            "Requests and tokens per UTC day (newest first, days with use only), your limits "
+            "and today's generated tokens. Streamed requests count what was generated, also "
+            "when the client left early."
+        ),
+        responses=error_responses(400, 401),
+    )
+    async def usage(
+        self,
+        request: AuthRequest,
+        usage: Usage,
+        days: Annotated[int, Parameter(ge=1, le=366, description="How many days back.")] = 30,
+    ) -> UsageReport:
+        return await usage.report(request.user, days)
+
     @get("/api-keys", summary="List your API keys", responses=error_responses(401))
     async def api_keys(self, request: AuthRequest, accounts: Accounts) -> list[ApiKeyView]:
         return await accounts.api_keys(request.user)
@@ -176,3 +197,28 @@ class AdminController(Controller):
     )
     async def delete_user(self, username: FromPath[str], accounts: Accounts) -> None:
         await accounts.delete_user(username)
+
+
+class AdminUsageController(Controller):
+    """Every user's usage; admins only."""
+
+    path = "/admin/usage"
+    tags = ["Admin"]  # noqa: RUF012
+    guards = [admin_only]  # noqa: RUF012
+
+    @get(
+        summary="Usage of all users",
+        description="Requests and tokens per user and UTC day, from `since` to `until` "
+        "(inclusive; both default to today).",
+        responses=error_responses(400, 401, 403),
+    )
+    async def usage(
+        self,
+        usage: Usage,
+        since: Annotated[date | None, Parameter(description="First day, YYYY-MM-DD.")] = None,
+        until: Annotated[date | None, Parameter(description="Last day, YYYY-MM-DD.")] = None,
+    ) -> list[UserDayUsage]:
+        today = usage.today()
+        return await usage.everyone(
+            since.isoformat() if since else today, until.isoformat() if until else today
+        )

@@ -34,6 +34,8 @@ class User(msgspec.Struct, frozen=True, kw_only=True):
     disabled: bool
     token_version: int
     created_at: int
+    requests_per_minute: int | None = None
+    tokens_per_day: int | None = None
 
     def view(self) -> UserView:
         """What the API shows of this account."""
@@ -43,6 +45,8 @@ class User(msgspec.Struct, frozen=True, kw_only=True):
             is_admin=self.is_admin,
             disabled=self.disabled,
             created_at=self.created_at,
+            requests_per_minute=self.requests_per_minute,
+            tokens_per_day=self.tokens_per_day,
         )
 
 
@@ -54,6 +58,14 @@ class UserView(msgspec.Struct, kw_only=True):
     is_admin: bool
     disabled: bool
     created_at: Annotated[int, Meta(description="Unix time.")]
+    requests_per_minute: Annotated[
+        int | None,
+        Meta(description="This user's limit; null: the service default, 0: none."),
+    ] = None
+    tokens_per_day: Annotated[
+        int | None,
+        Meta(description="Generated tokens per UTC day; null: the service default, 0: none."),
+    ] = None
 
 
 class Registration(msgspec.Struct, kw_only=True):
@@ -119,9 +131,20 @@ class NewUser(msgspec.Struct, kw_only=True):
     is_admin: bool = False
 
 
+Limit = Annotated[int, Meta(ge=0, le=1_000_000_000)]
+
+
 class UserUpdate(msgspec.Struct, kw_only=True):
     """``PATCH /admin/users/{username}``: only the fields given change."""
 
     disabled: bool | None = None
     is_admin: bool | None = None
     password: Password | None = None
+    requests_per_minute: Annotated[
+        Limit | msgspec.UnsetType | None,
+        Meta(description="A limit for this user; null: back to the default, 0: no limit."),
+    ] = msgspec.UNSET
+    tokens_per_day: Annotated[
+        Limit | msgspec.UnsetType | None,
+        Meta(description="A limit for this user; null: back to the default, 0: no limit."),
+    ] = msgspec.UNSET

@@ -118,7 +118,7 @@ class AccountService:
         return user
 
     async def update_user(self, username: str, update: UserUpdate) -> User:
-        """Disables or enables, grants or revokes admin, resets the password."""
+        """Disables or enables, grants or revokes admin, resets the password, sets limits."""
         user = await self.user(username)
         losing_admin = user.is_admin and (update.disabled is True or update.is_admin is False)
         if losing_admin:
@@ -130,6 +130,13 @@ class AccountService:
             await self._store.set_disabled(user.id, update.disabled)
         if update.is_admin is not None and update.is_admin != user.is_admin:
             await self._store.set_admin(user.id, update.is_admin)
+        limits = {
+            name: value
+            for name in ("requests_per_minute", "tokens_per_day")
+            if (value := getattr(update, name)) is not msgspec.UNSET
+        }
+        if limits:
+            await self._store.set_limits(user.id, limits)
         return await self.user(username)
 
     async def delete_user(self, username: str) -> None:

@@ -9,7 +9,8 @@ from app.accounts.models import ApiKeyView, User
 from app.db import Database
 
 _SELECT_USER = (
-    "SELECT id, username, password_hash, is_admin, disabled, token_version, created_at FROM users"
+    "SELECT id, username, password_hash, is_admin, disabled, token_version, created_at,"
+    " requests_per_minute, tokens_per_day FROM users"
 )
 
 
@@ -24,6 +25,8 @@ def _user(row: sqlite3.Row | None) -> User | None:
         disabled=bool(row["disabled"]),
         token_version=row["token_version"],
         created_at=row["created_at"],
+        requests_per_minute=row["requests_per_minute"],
+        tokens_per_day=row["tokens_per_day"],
     )
 
 
@@ -94,6 +97,19 @@ class AccountStore:
             "UPDATE users SET is_admin = ? WHERE id = ?", (int(is_admin), user_id)
         )
 
+    async def set_limits(self, user_id: int, limits: dict[str, int | None]) -> None:
+        """Sets ``requests_per_minute`` and/or ``tokens_per_day`` (None: the default)."""
+        if "requests_per_minute" in limits:
+            await self._db.execute(
+                "UPDATE users SET requests_per_minute = ? WHERE id = ?",
+                (limits["requests_per_minute"], user_id),
+            )
+        if "tokens_per_day" in limits:
+            await self._db.execute(
+                "UPDATE users SET tokens_per_day = ? WHERE id = ?",
+                (limits["tokens_per_day"], user_id),
+            )
+
     async def delete_user(self, user_id: int) -> None:
         await self._db.execute("DELETE FROM users WHERE id = ?", (user_id,))
 
@@ -125,8 +141,9 @@ class AccountStore:
         """The key's owner, the key's id and when it was last used."""
         row = await self._db.fetch_one(
             "SELECT k.id AS key_id, k.last_used_at, u.id, u.username, u.password_hash,"
-            " u.is_admin, u.disabled, u.token_version, u.created_at"
-            " FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.key_hash = ?",
+            " u.is_admin, u.disabled, u.token_version, u.created_at, u.requests_per_minute,"
+            " u.tokens_per_day FROM api_keys k JOIN users u ON u.id = k.user_id"
+            " WHERE k.key_hash = ?",
             (key_hash,),
         )
         user = _user(row)

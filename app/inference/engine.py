@@ -59,6 +59,8 @@ class TextDelta(msgspec.Struct, frozen=True):
     text: str
     logprobs: tuple[TokenLogprob, ...] = ()
     """The tokens released with this text, when log probabilities were asked for."""
+    generated: int = 0
+    """Tokens generated so far in this sequence (what a client that leaves now has cost)."""
 
 
 class Finished(msgspec.Struct, frozen=True, kw_only=True):

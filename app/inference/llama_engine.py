@@ -446,7 +446,7 @@ class LlamaEngine:
         if hit:
             slot.pending.clear()  # those tokens made the stop sequence, which is not returned
         if text:
-            request.emit(TextDelta(text, tuple(slot.pending)))
+            request.emit(TextDelta(text, tuple(slot.pending), slot.generated))
             slot.pending.clear()
         if hit:
             self._finish(slot, "stop", hit=True)
@@ -463,7 +463,7 @@ class LlamaEngine:
             tail, hit = slot.stops.feed(slot.utf8.flush())
             tail = tail if hit else tail + slot.stops.flush()
             if tail or slot.pending:
-                request.emit(TextDelta(tail, tuple(slot.pending)))
+                request.emit(TextDelta(tail, tuple(slot.pending), slot.generated))
         request.emit(
             Finished(
                 reason=reason,

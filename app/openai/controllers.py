@@ -11,6 +11,7 @@ from litestar.openapi.spec import Example
 from litestar.params import Body, FromPath, SkipValidation
 from litestar.response import Stream
 
+from app.accounts.usage import within_limits
 from app.errors import error_responses
 from app.openai.protocol import (
     ChatCompletion,
@@ -55,6 +56,7 @@ class OpenAIController(Controller):
 
     path = "/v1"
     tags = ["OpenAI"]  # noqa: RUF012 - Litestar reads it as a class attribute
+    guards = [within_limits]  # noqa: RUF012
 
     @get(
         "/models",

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from app.accounts.usage import UsageLimits
 from app.errors import (
     ContextLengthExceeded,
     ErrorDetail,
@@ -79,6 +80,7 @@ class _Job:
     params: SamplingParams
     n: int
     metrics: Metrics | None = None
+    usage: UsageLimits | None = None
 
     @property
     def engine(self) -> Engine:
@@ -132,9 +134,11 @@ class OpenAIService:
         defaults: SamplingDefaults,
         owned_by: str,
         metrics: Metrics | None = None,
+        usage: UsageLimits | None = None,
     ) -> None:
         self._host = host
         self._metrics = metrics
+        self._usage = usage
         self._defaults = defaults
         self._owned_by = owned_by
         self._created = now()
@@ -178,7 +182,7 @@ class OpenAIService:
                 self._defaults, vocab_size=engine.vocab_size, logprobs=request.logprobs
             )
             prompts = list(await asyncio.gather(*(engine.tokenize(p) for p in request.prompts())))
-            return _job(lease, prompts, params, request.n or 1, self._metrics)
+            return _job(lease, prompts, params, request.n or 1, self._metrics, self._usage)
         except BaseException:
             lease.release()
             raise
@@ -264,7 +268,7 @@ class OpenAIService:
                 for m in request.messages
             ]
             prompt = await lease.engine.tokenize_chat(messages)
-            return _job(lease, [prompt], params, request.n or 1, self._metrics)
+            return _job(lease, [prompt], params, request.n or 1, self._metrics, self._usage)
         except BaseException:
             lease.release()
             raise
@@ -331,6 +335,7 @@ def _job(
     params: SamplingParams,
     n: int,
     metrics: Metrics | None,
+    usage: UsageLimits | None,
 ) -> _Job:
     """Checks what can be checked before generating anything."""
     engine = lease.engine
@@ -345,7 +350,7 @@ def _job(
             f"times n={n} is more.",
             param="n",
         )
-    return _Job(lease, prompts, params, n, metrics)
+    return _Job(lease, prompts, params, n, metrics, usage)
 
 
 def _choice_params(params: SamplingParams, index: int) -> SamplingParams:
@@ -363,15 +368,16 @@ async def _observed(
     log = current_request()
     started = log.started if log is not None else time.perf_counter()
     first_token: float | None = None
-    completion_tokens = 0
+    generated = [0] * job.choices  # per choice: what it has cost so far, finished or not
     outcome = "cancelled"  # unless the events run to their end or fail
     try:
         async for index, event in events:
             if isinstance(event, TextDelta):
                 if first_token is None:
                     first_token = time.perf_counter()
+                generated[index] = max(generated[index], event.generated)
             else:
-                completion_tokens += event.completion_tokens
+                generated[index] = event.completion_tokens
                 if outcome == "cancelled":
                     outcome = event.reason
             yield index, event
@@ -384,6 +390,12 @@ async def _observed(
     finally:
         await events.aclose()
         job.lease.release()
+        completion_tokens = sum(generated)
+        if log is not None and log.account is not None and job.usage is not None:
+            # Shielded: a cancelled request (the client left) still has its use written.
+            await asyncio.shield(
+                job.usage.record(log.account.id, job.prompt_tokens, completion_tokens)
+            )
         if log is not None:
             log.model, log.first_token = job.model, first_token
             log.prompt_tokens, log.completion_tokens = job.prompt_tokens, completion_tokens

@@ -44,7 +44,8 @@ class RequestContext:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), header]
+                extra = [(k.encode(), v.encode()) for k, v in log.rate_headers]
+                message["headers"] = [*message.get("headers", ()), header, *extra]
             await send(message)
 
         try:

@@ -40,6 +40,8 @@ class RequestLog:
     completion_tokens: int | None = None
     first_token: float | None = None  # perf_counter() when the first token went out
     error_code: str | None = None
+    account: Any = None  # the authenticated User, once the rate limits have seen it
+    rate_headers: list[tuple[str, str]] = field(default_factory=list)  # x-ratelimit-*
 
     def token_out(self) -> None:
         """Marks the first generated token (later calls change nothing)."""

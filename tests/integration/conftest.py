@@ -44,6 +44,8 @@ def server(model_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             "APP_MODEL_NAME": MODEL_ID,
             "APP_CONTEXT_SIZE": str(CONTEXT_SIZE),
             "APP_MAX_LENGTH": "16",
+            "APP_REQUESTS_PER_MINUTE": "0",
+            "APP_TOKENS_PER_DAY": "0",
         }
     )
     sock = socket.socket()

@@ -20,6 +20,9 @@ def settings_for(tmp_path: Path, **env: str) -> Settings:
         # Cheap hashing keeps the suite quick; the defaults are tested in test_accounts.py.
         "APP_PASSWORD_HASH_MEMORY_KIB": "1024",
         "APP_PASSWORD_HASH_TIME_COST": "1",
+        # Limits are tested on their own (test_usage.py); elsewhere they would only get in the way.
+        "APP_REQUESTS_PER_MINUTE": "0",
+        "APP_TOKENS_PER_DAY": "0",
     }
     values.update(env)
     return Settings.from_mapping(values)

@@ -71,9 +71,9 @@ class FakeEngine:
             count += 1
             text, hit = stops.feed(" " + word)
             if text:
-                yield TextDelta(text)
+                yield TextDelta(text, generated=count)
         if not hit and (tail := stops.flush()):
-            yield TextDelta(tail)
+            yield TextDelta(tail, generated=count)
         yield Finished(
             reason="stop" if hit or count < budget else "length",
             prompt_tokens=len(prompt_tokens),

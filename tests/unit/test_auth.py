@@ -74,7 +74,15 @@ def claims(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 async def test_register_returns_the_user_without_any_secret(client: AsyncTestClient[Any]) -> None:
     body = await register(client, BOB, BOB_PASSWORD)
-    assert set(body) == {"id", "username", "is_admin", "disabled", "created_at"}
+    assert set(body) == {
+        "id",
+        "username",
+        "is_admin",
+        "disabled",
+        "created_at",
+        "requests_per_minute",
+        "tokens_per_day",
+    }
     assert (body["username"], body["is_admin"], body["disabled"]) == (BOB, False, False)
 
 

@@ -1,0 +1,188 @@
+"""Per-user limits and usage over a fake engine (4 words per generation) and a real SQLite file."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from app.accounts.models import User
+from app.accounts.usage import UsageLimits
+from app.db import Database
+from app.errors import RequestRateLimited, TokenRateLimited
+from app.factory import create_app
+from tests.unit.conftest import ADMIN, ADMIN_PASSWORD, bearer, login, settings_for
+from tests.unit.fakes import FakeEngine
+
+MODEL = "tinyllama-1.1b"
+BODY = {"model": MODEL, "prompt": "a b", "max_tokens": 16}
+
+
+async def user(client: AsyncTestClient[Any], name: str) -> dict[str, str]:
+    created = await client.post("/register", json={"username": name, "password": name * 3})
+    assert created.status_code == 201, created.text
+    return bearer(await login(client, name, name * 3))
+
+
+def app_with(tmp_path: Path, **env: str) -> Any:
+    return create_app(settings_for(tmp_path, **env), engine=FakeEngine())
+
+
+async def test_requests_per_minute_are_limited_per_user_with_openai_headers(
+    tmp_path: Path,
+) -> None:
+    async with AsyncTestClient(app=app_with(tmp_path, APP_REQUESTS_PER_MINUTE="3")) as client:
+        bob, ann = await user(client, "bob"), await user(client, "ann")
+        remaining = []
+        for _ in range(3):
+            ok = await client.post("/v1/completions", json=BODY, headers=bob)
+            assert ok.status_code == 200
+            assert ok.headers["x-ratelimit-limit-requests"] == "3"
+            remaining.append(ok.headers["x-ratelimit-remaining-requests"])
+            assert ok.headers["x-ratelimit-reset-requests"].endswith("s")
+        assert remaining == ["2", "1", "0"]
+        refused = await client.post("/v1/completions", json=BODY, headers=bob)
+        assert refused.status_code == 429
+        error = refused.json()["error"]
+        assert error["code"] == "rate_limit_exceeded"
+        assert error["type"] == "requests"
+        assert error["param"] is None
+        assert "requests per minute" in error["message"]
+        assert 1 <= int(refused.headers["retry-after"]) <= 60
+        assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+        # Other endpoints under /v1 count too, and carry the headers.
+        assert (await client.get("/v1/models", headers=bob)).status_code == 429
+        # Another user is not affected.
+        other = await client.get("/v1/models", headers=ann)
+        assert other.status_code == 200
+        assert other.headers["x-ratelimit-remaining-requests"] == "2"
+
+
+async def test_generated_tokens_per_day_are_limited(tmp_path: Path) -> None:
+    app = app_with(tmp_path, APP_TOKENS_PER_DAY="6", APP_REQUESTS_PER_MINUTE="0")
+    async with AsyncTestClient(app=app) as client:
+        bob = await user(client, "bob")
+        first = await client.post("/v1/completions", json=BODY, headers=bob)
+        assert first.headers["x-ratelimit-limit-tokens"] == "6"
+        assert first.headers["x-ratelimit-remaining-tokens"] == "6"
+        assert "x-ratelimit-limit-requests" not in first.headers  # no request limit: no header
+        second = await client.post("/v1/completions", json=BODY, headers=bob)
+        assert second.status_code == 200  # 4 of 6 used: admitted, and may pass the limit
+        assert second.headers["x-ratelimit-remaining-tokens"] == "2"
+        third = await client.post("/v1/completions", json=BODY, headers=bob)
+        assert third.status_code == 429
+        assert third.json()["error"]["type"] == "tokens"
+        assert third.json()["error"]["code"] == "rate_limit_exceeded"
+        assert third.headers["x-ratelimit-remaining-tokens"] == "0"
+        assert "00:00 UTC" in third.json()["error"]["message"]
+
+        report = (await client.get("/users/me/usage", headers=bob)).json()
+        assert report["tokens_per_day"] == 6
+        assert report["tokens_today"] == 8
+        (today,) = report["days"]
+        assert today["requests"] == 2
+        assert today["prompt_tokens"] == 4
+        assert today["completion_tokens"] == 8
+
+
+async def test_an_admin_sets_per_user_limits_and_sees_everyones_usage(tmp_path: Path) -> None:
+    async with AsyncTestClient(app=app_with(tmp_path, APP_REQUESTS_PER_MINUTE="100")) as client:
+        admin = bearer(await login(client, ADMIN, ADMIN_PASSWORD))
+        bob = await user(client, "bob")
+        changed = await client.patch(
+            "/admin/users/bob", json={"requests_per_minute": 1, "tokens_per_day": 0}, headers=admin
+        )
+        assert changed.status_code == 200
+        assert changed.json()["requests_per_minute"] == 1
+        assert changed.json()["tokens_per_day"] == 0
+        assert (await client.post("/v1/completions", json=BODY, headers=bob)).status_code == 200
+        assert (await client.post("/v1/completions", json=BODY, headers=bob)).status_code == 429
+        # null: back to the default.
+        back = await client.patch(
+            "/admin/users/bob", json={"requests_per_minute": None}, headers=admin
+        )
+        assert back.json()["requests_per_minute"] is None
+        assert back.json()["tokens_per_day"] == 0, "a field not sent is left alone"
+        assert (await client.post("/v1/completions", json=BODY, headers=bob)).status_code == 200
+        bad = await client.patch(
+            "/admin/users/bob", json={"requests_per_minute": -1}, headers=admin
+        )
+        assert bad.status_code == 400
+        assert bad.json()["error"]["param"] == "requests_per_minute"
+
+        await client.post("/v1/completions", json=BODY, headers=admin)
+        rows = (await client.get("/admin/usage", headers=admin)).json()
+        assert {(r["username"], r["requests"]) for r in rows} == {("admin", 1), ("bob", 2)}
+        assert (await client.get("/admin/usage", headers=bob)).status_code == 403
+        assert (
+            await client.get("/admin/usage", params={"since": "yesterday"}, headers=admin)
+        ).status_code == 400
+        old = await client.get(
+            "/admin/usage", params={"since": "2020-01-01", "until": "2020-01-31"}, headers=admin
+        )
+        assert old.json() == []
+
+
+async def test_usage_is_committed_per_request(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path)
+    async with AsyncTestClient(app=create_app(settings, engine=FakeEngine())) as client:
+        bob = await user(client, "bob")
+        for _ in range(2):
+            await client.post("/v1/completions", json=BODY, headers=bob)
+        # Another connection (another process) sees both rows' effect at once.
+        with sqlite3.connect(tmp_path / "data" / "app.db") as conn:
+            row = conn.execute("SELECT requests, completion_tokens FROM usage").fetchone()
+        assert row == (2, 8)
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_the_minute_slides_and_the_day_turns_at_utc_midnight(tmp_path: Path) -> None:
+    db = Database(tmp_path / "app.db")
+    await db.open()
+    try:
+        await db.execute(
+            "INSERT INTO users (id, username, password_hash, created_at) VALUES (1, 'u', 'x', 0)"
+        )
+        clock, wall = Clock(1000.0), Clock(1_795_651_190.0)  # 10 s before a UTC midnight
+        limits = UsageLimits(db, requests_per_minute=2, tokens_per_day=10, clock=clock, wall=wall)
+        someone = User(
+            id=1,
+            username="u",
+            password_hash="x",
+            is_admin=False,
+            disabled=False,
+            token_version=0,
+            created_at=0,
+        )
+        await limits.admit(someone)
+        clock.now += 30
+        status = await limits.admit(someone)
+        assert status.requests_remaining == 0
+        assert status.tokens_reset == 10
+        clock.now += 29
+        with pytest.raises(RequestRateLimited) as refused:
+            await limits.admit(someone)
+        assert refused.value.retry_after == 1
+        clock.now += 1  # the first request leaves the window
+        await limits.admit(someone)
+
+        await limits.record(1, 5, 10)
+        clock.now += 120
+        with pytest.raises(TokenRateLimited):
+            await limits.admit(someone)
+        wall.now += 10  # midnight: a new day
+        status = await limits.admit(someone)
+        assert status.tokens_remaining == 10
+        assert [d.day for d in await limits.history(1, 2)] == ["2026-11-25"]
+    finally:
+        await db.close()
