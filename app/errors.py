@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 import msgspec
 from litestar import Request, Response
+from litestar.enums import RequestEncodingType
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import ResponseSpec
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
@@ -207,6 +208,18 @@ class TokenRateLimited(RateLimited):
     error_type = "tokens"
 
 
+class UnsupportedMediaType(ServiceError):
+    """A JSON route was sent something else."""
+
+    status_code = 415
+
+    def __init__(self, content_type: str) -> None:
+        super().__init__(
+            f"This endpoint takes a JSON body; send it with 'Content-Type: application/json' "
+            f"(not {content_type!r})."
+        )
+
+
 class EngineStopping(ServiceError):
     """The server is shutting down and takes no new generations."""
 
@@ -324,19 +337,33 @@ def _field_from_key(key: Any) -> str | None:
     return key.removeprefix("$.").removeprefix("data.").replace("[...]", "") or None
 
 
-def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorResponse]:
+def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorResponse]:
     status = exc.status_code
     headers = dict(exc.headers or {})
+    detail = exc.detail
+    if status == 404 and detail == "Not Found":  # Litestar's router: no such route
+        detail = f"There is no route {request.method} {request.url.path}; see /docs for the API."
+    elif status == 405 and detail == "Method Not Allowed":
+        detail = f"{request.method} is not allowed on {request.url.path}; see /docs for the API."
     if status == 401:
         headers.setdefault("WWW-Authenticate", "Bearer")
     fallback = "invalid_request_error" if status < 500 else "server_error"
     return error_response(
         status,
-        exc.detail,
+        detail,
         error_type=_HTTP_ERROR_TYPES.get(status, fallback),
         code="invalid_api_key" if status == 401 else None,
         headers=headers or None,
     )
+
+
+def _undecodable_body(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorResponse]:
+    """What msgspec raises past Litestar's JSON error handling: bad UTF-8, absurd nesting."""
+    if isinstance(exc, UnicodeDecodeError):
+        message = "The request body is not valid UTF-8."
+    else:
+        message = "The JSON body is nested too deeply to parse."
+    return error_response(400, message)
 
 
 def _unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorResponse]:
@@ -352,5 +379,29 @@ exception_handlers: ExceptionHandlersMap = {
     ServiceError: _service_error,
     ValidationException: _validation_error,
     HTTPException: _http_error,
+    UnicodeDecodeError: _undecodable_body,
+    RecursionError: _undecodable_body,
     Exception: _unexpected_error,
 }
+
+
+async def require_json_body(request: Request[Any, Any, Any]) -> None:
+    """``before_request``: a route that reads a JSON body refuses other declared content types.
+
+    Litestar parses a JSON body whatever the ``Content-Type`` says; a form or a text body sent
+    to a JSON route is a client mistake (or a cross-site form post) and gets a 415. A request
+    without a ``Content-Type`` is read as JSON, as many hand-written clients send it.
+    """
+    handler = request.route_handler
+    data = handler.parsed_fn_signature.parameters.get("data")
+    if data is None:
+        return
+    media_type = getattr(data.kwarg_definition, "media_type", RequestEncodingType.JSON)
+    if media_type != RequestEncodingType.JSON:
+        return
+    declared = request.headers.get("content-type")
+    if declared is None:
+        return
+    essence = declared.split(";", 1)[0].strip().lower()
+    if essence != "application/json" and not essence.endswith("+json"):
+        raise UnsupportedMediaType(essence)

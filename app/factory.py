@@ -27,7 +27,7 @@ from app.accounts.service import AccountService
 from app.accounts.store import AccountStore
 from app.accounts.usage import UsageLimits
 from app.db import Database
-from app.errors import exception_handlers
+from app.errors import exception_handlers, require_json_body
 from app.inference.catalog import load_catalog
 from app.inference.engine import Engine
 from app.inference.host import EngineLoader, ModelHost, load_llama_engine
@@ -179,6 +179,7 @@ def create_app(
         on_app_init=[auth.on_app_init],
         lifespan=[database_lifespan, metrics_lifespan, model_lifespan],
         exception_handlers=exception_handlers,
+        before_request=require_json_body,
         request_max_body_size=settings.max_request_bytes,
         openapi_config=OpenAPIConfig(
             title="llm-service",

@@ -36,6 +36,8 @@ MAX_PROMPTS = 64
 # Prompts times n: each choice is one generation, and they share one engine.
 MAX_CHOICES_PER_REQUEST = 64
 MAX_TOP_LOGPROBS = 20
+# Far beyond any context window; a larger max_tokens is a mistake, not a request to clamp.
+MAX_TOKENS = 1 << 24
 
 
 class SamplingDefaults(msgspec.Struct, frozen=True):
@@ -65,6 +67,7 @@ class _Sampling(msgspec.Struct, kw_only=True):
             int,
             Meta(
                 ge=1,
+                le=MAX_TOKENS,
                 description="Most tokens to generate; defaults to the server's APP_MAX_LENGTH.",
             ),
         ]
@@ -281,7 +284,12 @@ class ChatCompletionRequest(_Sampling, kw_only=True):
     logprobs: bool | None = None
     top_logprobs: Annotated[int, Meta(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
     max_completion_tokens: (
-        Annotated[int, Meta(ge=1, description="Most tokens to generate (wins over max_tokens).")]
+        Annotated[
+            int,
+            Meta(
+                ge=1, le=MAX_TOKENS, description="Most tokens to generate (wins over max_tokens)."
+            ),
+        ]
         | None
     ) = None
     response_format: Annotated[
