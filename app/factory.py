@@ -36,7 +36,7 @@ from app.openai.protocol import SamplingDefaults
 from app.openai.serving import OpenAIService
 from app.settings import Settings
 from app.system.access import RequestContext
-from app.system.docs import RENDER_PLUGINS, SCHEMA_PATH, docs_handlers
+from app.system.docs import RENDER_PLUGINS, SCHEMA_PATH, docs_handlers, document_streaming
 from app.system.health import health
 from app.system.metrics import Metrics, metrics_endpoint, serve_metrics
 
@@ -194,6 +194,7 @@ def create_app(
         ),
         logging_config=None,
     )
+    document_streaming(app.openapi_schema)
     # Outermost: request ids, access lines and HTTP metrics see every request, 404s included.
     app.asgi_handler = RequestContext(app.asgi_handler, metrics)
     app.state.host = host

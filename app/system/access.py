@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
@@ -45,7 +46,10 @@ class RequestContext:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 extra = [(k.encode(), v.encode()) for k, v in log.rate_headers]
-                message["headers"] = [*message.get("headers", ()), header, *extra]
+                headers = [*message.get("headers", ()), header, *extra]
+                if method == "OPTIONS" and status == 204:
+                    headers = _with_all_methods(scope, headers)
+                message["headers"] = headers
             await send(message)
 
         try:
@@ -76,3 +80,16 @@ class RequestContext:
             if log.error_code == "queue_full":
                 self._metrics.queue_rejections.inc()
             end_request(token)
+
+
+def _with_all_methods(scope: Scope, headers: list[Any]) -> list[Any]:
+    """Litestar 2 answers OPTIONS with the methods of only one of the handlers that share a path
+    (litestar-org/litestar#4169, fixed in v3); list them all, as the OpenAPI document does."""
+    template = scope.get("path_template")
+    methods = next(
+        (route.methods for route in scope["app"].routes if route.path_format == template), None
+    )
+    if not methods:
+        return headers
+    allow = ", ".join(sorted(methods)).encode()
+    return [(k, allow if k.lower() == b"allow" else v) for k, v in headers]

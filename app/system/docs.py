@@ -16,6 +16,7 @@ from typing import Any
 from litestar import MediaType, Request, get
 from litestar.datastructures import CacheControlHeader
 from litestar.enums import OpenAPIMediaType
+from litestar.openapi import spec
 from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
 from litestar.response import Redirect
 from litestar.static_files import create_static_files_router
@@ -88,3 +89,21 @@ docs_assets = create_static_files_router(
 )
 
 docs_handlers: list[ControllerRouterHandler] = [openapi_json, swagger_ui, redoc, index, docs_assets]
+
+
+STREAMING_PATHS = ("/v1/completions", "/v1/chat/completions")
+
+
+def document_streaming(schema: spec.OpenAPI) -> None:
+    """With ``stream: true`` the two completion routes answer ``text/event-stream``; Litestar
+    documents only the JSON answer of a handler, so the other one is added here."""
+    for path in STREAMING_PATHS:
+        item = schema.paths.get(path) if schema.paths else None
+        operation = item.post if item is not None else None
+        response = operation.responses.get("200") if operation and operation.responses else None
+        if isinstance(response, spec.OpenAPIResponse) and response.content is not None:
+            response.content["text/event-stream"] = spec.OpenAPIMediaType(
+                schema=spec.Schema(
+                    description="With `stream: true`: `data: {chunk}` events, then `data: [DONE]`.",
+                )
+            )

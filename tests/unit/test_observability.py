@@ -137,3 +137,10 @@ async def test_with_a_metrics_address_they_are_served_openly_there_and_not_here(
     async with httpx.AsyncClient() as other:
         with pytest.raises(httpx.TransportError):  # stopped with the app
             await other.get(f"http://127.0.0.1:{port}/metrics", timeout=2)
+
+
+async def test_options_lists_every_method_of_a_path(client: AsyncTestClient[Any]) -> None:
+    # Litestar 2 listed only one handler's methods (litestar-org/litestar#4169).
+    answer = await client.options("/admin/users/someone")
+    assert answer.status_code == 204
+    assert answer.headers["allow"] == "DELETE, GET, OPTIONS, PATCH"
