@@ -109,6 +109,7 @@ def create_app(
         db,
         requests_per_minute=settings.requests_per_minute,
         tokens_per_day=settings.tokens_per_day,
+        concurrent=settings.concurrent_per_user,
     )
     service = OpenAIService(
         host,

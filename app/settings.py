@@ -231,6 +231,14 @@ class Settings(
             description="Tokens each user may have generated per UTC day; 0: no limit.",
         ),
     ] = 100_000
+    concurrent_per_user: Annotated[
+        int,
+        Meta(
+            ge=0,
+            le=10_000,
+            description="Requests each user may have in progress at once; 0: no limit.",
+        ),
+    ] = 4
     login_max_failures: Annotated[
         int,
         Meta(ge=1, description="Failed logins per username or client address before a pause."),

@@ -140,6 +140,7 @@ def start_service(
         "APP_LOG_LEVEL": "warning",
         "APP_REQUESTS_PER_MINUTE": "0",  # one client sends every request: no per-user limits
         "APP_TOKENS_PER_DAY": "0",
+        "APP_CONCURRENT_PER_USER": "0",
     }
     process = subprocess.Popen([sys.executable, "-m", "app", "serve"], env=env, cwd=data)
     url = f"http://127.0.0.1:{port}"

@@ -92,12 +92,15 @@ class UsageLimits:
         *,
         requests_per_minute: int,
         tokens_per_day: int,
+        concurrent: int = 0,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self._db = db
         self._rpm = requests_per_minute
         self._tpd = tokens_per_day
+        self._concurrent = concurrent
+        self._in_progress: collections.Counter[int] = collections.Counter()
         self._clock, self._wall = clock, wall
         self._windows: dict[int, collections.deque[float]] = {}
         self._today: dict[tuple[int, str], int] = {}
@@ -144,6 +147,32 @@ class UsageLimits:
             status = dataclasses.replace(status, requests_reset=_MINUTE)
         window.append(now)
         return status
+
+    def enter(self, user: User) -> Callable[[], None]:
+        """Counts one request in progress for ``user``; returns what ends it (call it once).
+
+        Raises ``RequestRateLimited`` when the user already has ``concurrent`` in progress: one
+        user cannot hold every slot and the whole queue while others wait.
+        """
+        if self._concurrent and self._in_progress[user.id] >= self._concurrent:
+            raise RequestRateLimited(
+                f"You have {self._in_progress[user.id]} requests in progress, the most one user "
+                "may have at once; send the next when one has finished.",
+                retry_after=1,
+                headers=[],
+            )
+        self._in_progress[user.id] += 1
+        done = False
+
+        def leave() -> None:
+            nonlocal done
+            if not done:
+                done = True
+                self._in_progress[user.id] -= 1
+                if not self._in_progress[user.id]:
+                    del self._in_progress[user.id]
+
+        return leave
 
     async def record(self, user_id: int, prompt_tokens: int, completion_tokens: int) -> None:
         """Adds one request's use to today's row (committed before this returns)."""
@@ -240,8 +269,17 @@ async def within_limits(
     if connection.scope.get("method") == "OPTIONS":
         return  # preflights carry no credentials
     limits: UsageLimits = connection.app.state.usage
-    status = await limits.admit(connection.user)  # a RateLimited carries its own headers
     log = current_request()
-    if log is not None:
-        log.account = connection.user
-        log.rate_headers = status.headers()
+    leave = limits.enter(connection.user)
+    try:
+        status = await limits.admit(connection.user)  # a RateLimited carries its own headers
+    except BaseException:
+        leave()
+        raise
+    if log is None:  # outside the access layer nothing would end it: count it as done
+        leave()
+        return
+    log.account = connection.user
+    log.rate_headers = status.headers()
+    # In progress until the response has ended (the last byte of a stream included).
+    log.on_end.append(leave)

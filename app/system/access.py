@@ -79,6 +79,8 @@ class RequestContext:
             self._metrics.http(route, method, status, seconds)
             if log.error_code == "queue_full":
                 self._metrics.queue_rejections.inc()
+            for callback in log.on_end:
+                callback()
             end_request(token)
 
 

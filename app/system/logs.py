@@ -15,6 +15,7 @@ import re
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -42,6 +43,7 @@ class RequestLog:
     error_code: str | None = None
     account: Any = None  # the authenticated User, once the rate limits have seen it
     rate_headers: list[tuple[str, str]] = field(default_factory=list)  # x-ratelimit-*
+    on_end: list[Callable[[], None]] = field(default_factory=list)  # run when the response ends
 
     def token_out(self) -> None:
         """Marks the first generated token (later calls change nothing)."""

@@ -46,6 +46,7 @@ def server(model_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             "APP_MAX_LENGTH": "16",
             "APP_REQUESTS_PER_MINUTE": "0",
             "APP_TOKENS_PER_DAY": "0",
+            "APP_CONCURRENT_PER_USER": "0",
         }
     )
     sock = socket.socket()

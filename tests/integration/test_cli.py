@@ -40,6 +40,9 @@ def app_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
         HF_HUB_DISABLE_TELEMETRY="1",
         APP_HOST="127.0.0.1",
         APP_CONTEXT_SIZE="256",
+        # Per-user limits are tested where they are the point (test_faults.py, unit tests).
+        APP_REQUESTS_PER_MINUTE="0",
+        APP_CONCURRENT_PER_USER="0",
     )
     env.update(overrides)
     return env

@@ -151,3 +151,34 @@ def test_a_client_that_leaves_a_stream_pays_for_what_was_generated(
         assert today["requests"] == 1
         assert 10 <= today["completion_tokens"] < 500
         assert usage["tokens_today"] == today["completion_tokens"]
+
+
+def test_one_user_flooding_cannot_crowd_out_another(tmp_path: Path, model_file: Path) -> None:
+    env = {"APP_PARALLEL": "2", "APP_CONCURRENT_PER_USER": "2", "APP_MODEL_PATH": str(model_file)}
+    with serving(tmp_path, **env) as (url, _):
+        admin = {"Authorization": f"Bearer {access_token(url, 'admin', ADMIN_PASSWORD)}"}
+        httpx.post(f"{url}/register", json={"username": "bea", "password": "bea-password-1"})
+        bea = {"Authorization": f"Bearer {access_token(url, 'bea', 'bea-password-1')}"}
+        body = {"model": "tinyllama-1.1b", "prompt": "Tell me a story", "max_tokens": 96}
+        flood: list[int] = []
+
+        def send() -> None:
+            answer = httpx.post(
+                f"{url}/v1/completions",
+                json={**body, "ignore_eos": True},
+                headers=admin,
+                timeout=120,
+            )
+            flood.append(answer.status_code)
+
+        threads = [threading.Thread(target=send) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)  # the flood holds both slots now
+        other = httpx.post(
+            f"{url}/v1/completions", json={**body, "max_tokens": 4}, headers=bea, timeout=120
+        )
+        for thread in threads:
+            thread.join()
+    assert other.status_code == 200, other.text
+    assert sorted(flood) == [200, 200, 429, 429, 429, 429]

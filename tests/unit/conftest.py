@@ -23,6 +23,7 @@ def settings_for(tmp_path: Path, **env: str) -> Settings:
         # Limits are tested on their own (test_usage.py); elsewhere they would only get in the way.
         "APP_REQUESTS_PER_MINUTE": "0",
         "APP_TOKENS_PER_DAY": "0",
+        "APP_CONCURRENT_PER_USER": "0",
     }
     values.update(env)
     return Settings.from_mapping(values)

@@ -186,3 +186,43 @@ async def test_the_minute_slides_and_the_day_turns_at_utc_midnight(tmp_path: Pat
         assert [d.day for d in await limits.history(1, 2)] == ["2026-11-25"]
     finally:
         await db.close()
+
+
+async def test_one_user_cannot_hold_more_than_their_share_of_requests(tmp_path: Path) -> None:
+    limits = UsageLimits(None, requests_per_minute=0, tokens_per_day=0, concurrent=2)  # type: ignore[arg-type]
+    bob, ann = (
+        User(
+            id=i,
+            username=name,
+            password_hash="x",
+            is_admin=False,
+            disabled=False,
+            token_version=0,
+            created_at=0,
+        )
+        for i, name in ((1, "bob"), (2, "ann"))
+    )
+    first, second = limits.enter(bob), limits.enter(bob)
+    with pytest.raises(RequestRateLimited, match="in progress"):
+        limits.enter(bob)
+    limits.enter(ann)()  # another user is not affected
+    first()
+    first()  # ending twice counts once
+    third = limits.enter(bob)
+    with pytest.raises(RequestRateLimited):
+        limits.enter(bob)
+    second(), third()
+
+
+async def test_a_finished_request_is_no_longer_in_progress(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, APP_CONCURRENT_PER_USER="1")
+    async with AsyncTestClient(app=create_app(settings, engine=FakeEngine())) as client:
+        bob = await user(client, "bob")
+        for stream in (False, True, False):
+            done = await client.post(
+                "/v1/completions", json={**BODY, "stream": stream}, headers=bob
+            )
+            assert done.status_code == 200
+        refused = await client.post("/v1/completions", json={**BODY, "n": 99}, headers=bob)
+        assert refused.status_code == 400  # an error ends it too
+        assert (await client.get("/v1/models", headers=bob)).status_code == 200
