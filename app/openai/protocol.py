@@ -157,17 +157,39 @@ class CompletionRequest(_Sampling, kw_only=True):
     """``POST /v1/completions``."""
 
     prompt: Annotated[
-        str | Annotated[list[str], Meta(min_length=1, max_length=MAX_PROMPTS)],
-        Meta(description="The text to complete, or a list of texts (one choice each)."),
+        str | Annotated[list[str | int | list[int]], Meta(min_length=1)],
+        Meta(
+            description="The text to complete, a list of texts (one choice each), a list of "
+            "token ids, or a list of lists of token ids."
+        ),
     ]
     best_of: Annotated[int, Meta(ge=1)] | None = None
     echo: bool | None = None
     logprobs: Annotated[int, Meta(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
     suffix: str | None = None
 
-    def prompts(self) -> list[str]:
-        """The prompts as a list."""
-        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+    def prompts(self) -> list[str | list[int]]:
+        """The prompts as a list: texts, or token ids."""
+        prompt = self.prompt
+        if isinstance(prompt, str):
+            return [prompt]
+        if all(isinstance(item, int) and not isinstance(item, bool) for item in prompt):
+            return [[int(item) for item in prompt]]  # type: ignore[arg-type]
+        if not (
+            all(isinstance(item, str) for item in prompt)
+            or all(isinstance(item, list) for item in prompt)
+        ):
+            raise InvalidRequest(
+                "'prompt' must be a string, a list of strings, a list of token ids, or a list "
+                "of lists of token ids; this one mixes them.",
+                param="prompt",
+            )
+        if len(prompt) > MAX_PROMPTS:
+            raise InvalidRequest(
+                f"At most {MAX_PROMPTS} prompts per request; this one has {len(prompt)}.",
+                param="prompt",
+            )
+        return [item for item in prompt if not isinstance(item, int)]
 
     def check_supported(self) -> None:
         """Refuses what would change the result but is not supported."""

@@ -181,7 +181,7 @@ class OpenAIService:
             params = request.sampling_params(
                 self._defaults, vocab_size=engine.vocab_size, logprobs=request.logprobs
             )
-            prompts = list(await asyncio.gather(*(engine.tokenize(p) for p in request.prompts())))
+            prompts = list(await asyncio.gather(*(_encoded(engine, p) for p in request.prompts())))
             return _job(lease, prompts, params, request.n or 1, self._metrics, self._usage)
         except BaseException:
             lease.release()
@@ -327,6 +327,15 @@ class OpenAIService:
         return _stream(
             job, events, on_event, lambda usage: chunk([], usage), request.include_usage, roles
         )
+
+
+async def _encoded(engine: Engine, prompt: str | list[int]) -> list[int]:
+    """A prompt's tokens: a text tokenized, or token ids checked against the vocabulary."""
+    if isinstance(prompt, str):
+        return await engine.tokenize(prompt)
+    if any(not 0 <= token < engine.vocab_size for token in prompt):
+        raise InvalidRequest(f"Token ids run from 0 to {engine.vocab_size - 1}.", param="prompt")
+    return prompt
 
 
 def _job(

@@ -193,3 +193,19 @@ async def test_health_answers_while_a_generation_runs(
     assert completion.usage is not None
     assert completion.usage.completion_tokens == 300
     assert still_generating, "/health waited for the generation: the event loop was blocked"
+
+
+def test_a_prompt_of_token_ids_completes_like_its_text(
+    server: RunningServer, client: openai.OpenAI
+) -> None:
+    text = "The capital of France is"
+    tokens = httpx.post(
+        f"{server.url}/tokenize",
+        json={"content": text},
+        headers={"Authorization": f"Bearer {server.api_key}"},
+    ).json()["tokens"]
+    by_text = client.completions.create(model=MODEL_ID, prompt=text, max_tokens=8, temperature=0)
+    by_ids = client.completions.create(model=MODEL_ID, prompt=tokens, max_tokens=8, temperature=0)
+    assert by_ids.choices[0].text == by_text.choices[0].text
+    assert by_ids.usage is not None
+    assert by_ids.usage.prompt_tokens == len(tokens)

@@ -126,6 +126,22 @@ async def test_llama_cpp_sampling_options_reach_the_engine(
     )
 
 
+async def test_prompts_may_be_token_ids(client: AsyncTestClient[Any], engine: FakeEngine) -> None:
+    one = await client.post("/v1/completions", json={"model": MODEL, "prompt": [5, 6, 7]})
+    assert one.status_code == 200, one.text
+    assert engine.calls[-1][0] == [5, 6, 7]
+    assert one.json()["usage"]["prompt_tokens"] == 3
+    several = await client.post(
+        "/v1/completions", json={"model": MODEL, "prompt": [[1, 2], [3]], "max_tokens": 1}
+    )
+    assert [len(c["text"]) > 0 for c in several.json()["choices"]] == [True, True]
+    assert [call[0] for call in engine.calls[-2:]] == [[1, 2], [3]]
+    for bad in (["text", 5], [5, [6]], [[1], "text"], [-1], [[1000]]):
+        refused = await client.post("/v1/completions", json={"model": MODEL, "prompt": bad})
+        assert refused.status_code == 400, bad
+        assert refused.json()["error"]["param"] == "prompt"
+
+
 async def test_stop_text_is_not_returned(client: AsyncTestClient[Any]) -> None:
     response = await client.post(
         "/v1/completions",
