@@ -6,8 +6,6 @@ HTTP surface is), authenticated with an admin's API key, on a throwaway database
 
 from __future__ import annotations
 
-import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,13 +13,12 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, settings
 from schemathesis import checks
 
 from app.factory import create_app
 from app.settings import Settings
-from tests.integration.support import access_token, wait_healthy
+from tests.integration.support import access_token, new_api_key, served
 from tests.unit.fakes import FakeEngine
 
 ADMIN_PASSWORD = "fuzz-admin-password"
@@ -30,26 +27,8 @@ ADMIN_PASSWORD = "fuzz-admin-password"
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     settings = _settings(tmp_path_factory.mktemp("fuzz") / "data")
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    app = create_app(settings, engine=FakeEngine(context_size=4096))
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        wait_healthy(url)
-        token = access_token(url, "admin", ADMIN_PASSWORD)
-        key = httpx.post(
-            f"{url}/users/me/api-keys",
-            json={"name": "fuzz"},
-            headers={"Authorization": f"Bearer {token}"},
-        ).json()["key"]
-        yield url, key
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
+    with served(create_app(settings, engine=FakeEngine(context_size=4096))) as url:
+        yield url, new_api_key(url, access_token(url, "admin", ADMIN_PASSWORD), "fuzz")
 
 
 def _settings(data_dir: Path) -> Settings:

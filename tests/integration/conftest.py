@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import socket
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
-import uvicorn
 
 from app.factory import create_app
 from app.settings import Settings
-from tests.integration.support import access_token, wait_healthy
+from tests.integration.support import access_token, new_api_key, served
 
 MODEL_ID = "tinyllama-1.1b"
 # Small enough that the context-length tests stay quick.
@@ -49,26 +45,9 @@ def server(model_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             "APP_CONCURRENT_PER_USER": "0",
         }
     )
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    config = uvicorn.Config(create_app(settings), log_config=None, lifespan="on")
-    uv = uvicorn.Server(config)
-    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        wait_healthy(url)
-        token = access_token(url, "admin", ADMIN_PASSWORD)
-        key = httpx.post(
-            f"{url}/users/me/api-keys",
-            json={"name": "tests"},
-            headers={"Authorization": f"Bearer {token}"},
-        ).json()["key"]
+    with served(create_app(settings)) as url:
+        key = new_api_key(url, access_token(url, "admin", ADMIN_PASSWORD), "tests")
         yield RunningServer(url=url, settings=settings, api_key=key)
-    finally:
-        uv.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
 
 
 @pytest.fixture

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
+import uvicorn
+from litestar import Litestar
 
 
 def free_port() -> int:
@@ -45,3 +50,35 @@ def access_token(url: str, username: str, password: str) -> str:
     assert response.status_code == 200, response.text
     token: str = response.json()["access_token"]
     return token
+
+
+def new_api_key(url: str, token: str, name: str) -> str:
+    """A new API key for the owner of ``token``."""
+    response = httpx.post(
+        f"{url}/users/me/api-keys",
+        json={"name": name},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    )
+    assert response.status_code == 201, response.text
+    key: str = response.json()["key"]
+    return key
+
+
+@contextmanager
+def served(app: Litestar) -> Iterator[str]:
+    """Serves ``app`` with uvicorn on a free loopback port, in a thread, until healthy; yields
+    its URL and stops it (lifespan included) on leaving."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        wait_healthy(url)
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()

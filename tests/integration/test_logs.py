@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import openai
 
-from tests.integration.support import access_token
+from tests.integration.support import access_token, new_api_key
 from tests.integration.test_cli import ADMIN_PASSWORD, serving
 
 SECRET_PASSWORD = "carol-secret-password-1"
@@ -30,11 +30,7 @@ def test_one_request_tells_its_story_under_one_id_and_no_secret_is_logged(
         refused = httpx.post(f"{url}/token", data={"username": "carol", "password": WRONG_PASSWORD})
         assert refused.status_code == 401
         token = access_token(url, "carol", SECRET_PASSWORD)
-        key = httpx.post(
-            f"{url}/users/me/api-keys",
-            json={"name": "logs"},
-            headers={"Authorization": f"Bearer {token}"},
-        ).json()["key"]
+        key = new_api_key(url, token, "logs")
         client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
         stream = client.chat.completions.create(
             model="smol",
