@@ -182,3 +182,22 @@ def test_one_user_flooding_cannot_crowd_out_another(tmp_path: Path, model_file: 
             thread.join()
     assert other.status_code == 200, other.text
     assert sorted(flood) == [200, 200, 429, 429, 429, 429]
+
+
+def test_behind_a_trusted_proxy_logins_are_throttled_per_real_client(
+    tmp_path: Path, model_file: Path
+) -> None:
+    # uvicorn trusts X-Forwarded-For from 127.0.0.1 by default (FORWARDED_ALLOW_IPS).
+    env = {"APP_MODEL_PATH": str(model_file), "APP_LOGIN_MAX_FAILURES": "3"}
+    with serving(tmp_path, **env) as (url, _):
+
+        def login(user: str, client: str) -> int:
+            return httpx.post(
+                f"{url}/token",
+                data={"username": user, "password": "wrong-password"},
+                headers={"X-Forwarded-For": client},
+            ).status_code
+
+        assert [login(f"user{i}", "203.0.113.7") for i in range(3)] == [401, 401, 401]
+        assert login("user9", "203.0.113.7") == 429  # that client, whatever the username
+        assert login("user9", "198.51.100.2") == 401  # another client behind the same proxy
