@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import msgspec
@@ -175,14 +175,28 @@ class OpenAIService:
 
     async def _completion_job(self, request: CompletionRequest) -> _Job:
         request.check_supported()
-        lease = await self._host.acquire(request.model)
-        try:
-            engine = lease.engine
+
+        async def prepare(engine: Engine) -> tuple[list[list[int]], SamplingParams]:
             params = request.sampling_params(
                 self._defaults, vocab_size=engine.vocab_size, logprobs=request.logprobs
             )
             prompts = list(await asyncio.gather(*(_encoded(engine, p) for p in request.prompts())))
-            return _job(lease, prompts, params, request.n or 1, self._metrics, self._usage)
+            return prompts, params
+
+        return await self._new_job(request.model, request.n or 1, prepare)
+
+    async def _new_job(
+        self,
+        model: str,
+        n: int,
+        prepare: Callable[[Engine], Awaitable[tuple[list[list[int]], SamplingParams]]],
+    ) -> _Job:
+        """A job on a lease of ``model``: the lease ends with the job, or here if preparing it
+        (tokenizing, checking) fails."""
+        lease = await self._host.acquire(model)
+        try:
+            prompts, params = await prepare(lease.engine)
+            return _job(lease, prompts, params, n, self._metrics, self._usage)
         except BaseException:
             lease.release()
             raise
@@ -255,11 +269,11 @@ class OpenAIService:
         elif isinstance(request.response_format, JsonSchemaFormat):
             schema = request.response_format.json_schema.schema
             grammar = await asyncio.to_thread(json_schema_grammar, schema or {"type": "object"})
-        lease = await self._host.acquire(request.model)
-        try:
+
+        async def prepare(engine: Engine) -> tuple[list[list[int]], SamplingParams]:
             params = request.sampling_params(
                 self._defaults,
-                vocab_size=lease.engine.vocab_size,
+                vocab_size=engine.vocab_size,
                 logprobs=request.top_logprob_count(),
                 grammar=grammar,
             )
@@ -267,11 +281,9 @@ class OpenAIService:
                 ChatMessage("system" if m.role == "developer" else m.role, m.text())
                 for m in request.messages
             ]
-            prompt = await lease.engine.tokenize_chat(messages)
-            return _job(lease, [prompt], params, request.n or 1, self._metrics, self._usage)
-        except BaseException:
-            lease.release()
-            raise
+            return [await engine.tokenize_chat(messages)], params
+
+        return await self._new_job(request.model, request.n or 1, prepare)
 
     async def create_chat_completion(self, request: ChatCompletionRequest) -> ChatCompletion:
         """Replies to the conversation ``n`` times."""
