@@ -118,14 +118,15 @@ class Engine(Protocol):
         ...
 
     def generate(
-        self, prompt_tokens: Sequence[int], params: SamplingParams
+        self, prompt_tokens: Sequence[int], params: SamplingParams, *, owner: object = None
     ) -> AsyncIterator[GenerationEvent]:
         """Streams ``TextDelta``s, then one ``Finished``.
 
         ``max_tokens`` is clamped to what the context has room for (``Finished.reason`` is then
-        ``"length"``). Closing the iterator early cancels the generation. Raises, before any
-        event: ``InvalidRequest`` for a grammar llama.cpp cannot compile, ``QueueFull`` when no
-        slot frees up in time, ``EngineStopping`` during shutdown.
+        ``"length"``). Closing the iterator early cancels the generation. Waiting requests get
+        slots in turns by ``owner`` (a user), so one owner's backlog does not delay the others'.
+        Raises, before any event: ``InvalidRequest`` for a grammar llama.cpp cannot compile,
+        ``QueueFull`` when no slot frees up in time, ``EngineStopping`` during shutdown.
         """
         ...
 

@@ -82,6 +82,7 @@ class _Request:
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue[object]
     outbox: list[tuple[_Request, object]]
+    owner: object = None
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     def emit(self, event: object) -> None:
@@ -133,6 +134,8 @@ class LlamaEngine:
         self._memory = llama_cpp.llama_get_memory(context.ctx)
         self._slots = [_Slot(seq) for seq in range(parallel)]
         self._waiting: collections.deque[_Request] = collections.deque()
+        self._served: dict[object, int] = {}  # owner -> turn of its latest admission
+        self._turn = 0
         # Filled by the scheduler thread only; delivered by _deliver after each iteration.
         self._outbox: list[tuple[_Request, object]] = []
         self._lock = threading.Condition()
@@ -229,11 +232,11 @@ class LlamaEngine:
         return self._tokenize(prompt, add_special=not (bos and prompt.startswith(bos)))
 
     async def generate(
-        self, prompt_tokens: Sequence[int], params: SamplingParams
+        self, prompt_tokens: Sequence[int], params: SamplingParams, *, owner: object = None
     ) -> AsyncIterator[GenerationEvent]:
         events: asyncio.Queue[object] = asyncio.Queue()
         request = _Request(
-            list(prompt_tokens), params, asyncio.get_running_loop(), events, self._outbox
+            list(prompt_tokens), params, asyncio.get_running_loop(), events, self._outbox, owner
         )
         self._enqueue(request)
         try:
@@ -348,7 +351,7 @@ class LlamaEngine:
         """Moves waiting requests into free slots (called with the lock held)."""
         free = [slot for slot in self._slots if slot.request is None]
         while free and self._waiting:
-            request = self._waiting.popleft()
+            request = self._next_waiting()
             if request.cancelled.is_set():
                 continue
             # The longest shared prefix wins; on a tie, the slot with the least cached, so that
@@ -363,6 +366,19 @@ class LlamaEngine:
                 continue
             request.emit(_ADMITTED)
             free.remove(slot)
+
+    def _next_waiting(self) -> _Request:
+        """Takes the waiting request whose owner was served least recently (never: first);
+        among one owner's requests, the oldest. Owners take turns, whatever their backlog."""
+        best, request = min(
+            enumerate(self._waiting), key=lambda e: (self._served.get(e[1].owner, 0), e[0])
+        )
+        del self._waiting[best]
+        self._turn += 1
+        self._served[request.owner] = self._turn
+        if len(self._served) > 10_000:  # owners long gone: forget them all
+            self._served = {request.owner: self._turn}
+        return request
 
     def _start(self, slot: _Slot, request: _Request) -> None:
         params = request.params

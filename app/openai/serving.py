@@ -102,8 +102,10 @@ class _Job:
     def start(self) -> AsyncGenerator[tuple[int, GenerationEvent]]:
         """Every choice's events, tagged with the choice index, as they come; the model's lease
         ends with them."""
+        log = current_request()
+        owner = log.account.id if log is not None and log.account is not None else None
         runs = [
-            self.engine.generate(tokens, _choice_params(self.params, j))
+            self.engine.generate(tokens, _choice_params(self.params, j), owner=owner)
             for tokens in self.prompts
             for j in range(self.n)
         ]

@@ -47,12 +47,17 @@ async def until(condition: Callable[[], bool], what: str) -> None:
 
 
 async def complete(
-    engine: LlamaEngine, prompt: str, max_tokens: int = 24, *, ignore_eos: bool = False
+    engine: LlamaEngine,
+    prompt: str,
+    max_tokens: int = 24,
+    *,
+    ignore_eos: bool = False,
+    owner: object = None,
 ) -> tuple[str, Finished]:
     text, finished = [], None
     tokens = await engine.tokenize(prompt)
     params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=ignore_eos)
-    async for event in engine.generate(tokens, params):
+    async for event in engine.generate(tokens, params, owner=owner):
         if isinstance(event, TextDelta):
             text.append(event.text)
         else:
@@ -130,6 +135,29 @@ async def test_a_full_queue_answers_429_then_recovers(model_file: Path) -> None:
         assert finished.completion_tokens == 2
     finally:
         await engine.close()
+
+
+async def test_owners_take_turns_for_free_slots(model_file: Path) -> None:
+    engine = await load(model_file, parallel=1, max_queue=8)
+    finished: list[str] = []
+
+    async def run(name: str, owner: str) -> None:
+        await complete(engine, "Count to ten:", max_tokens=6, ignore_eos=True, owner=owner)
+        finished.append(name)
+
+    try:
+        tasks = [asyncio.create_task(run("a1", "ann"))]
+        await until(lambda: engine.stats().busy == 1, "ann's first request took the slot")
+        for name in ("a2", "a3", "a4"):  # ann's backlog queues first...
+            tasks.append(asyncio.create_task(run(name, "ann")))
+            await until(lambda: engine.stats().waiting == len(tasks) - 1, f"{name} queued")
+        tasks.append(asyncio.create_task(run("b1", "bob")))  # ...then bob asks once
+        await until(lambda: engine.stats().waiting == 4, "b1 queued")
+        await asyncio.gather(*tasks)
+    finally:
+        await engine.close()
+    # With one slot, finishing order is admission order: bob is next after ann's running one.
+    assert finished == ["a1", "b1", "a2", "a3", "a4"]
 
 
 async def test_waiting_too_long_for_a_slot_is_a_429(model_file: Path) -> None:

@@ -31,6 +31,7 @@ class FakeEngine:
         self.refuse = refuse  # raised before any event, as a full queue is
         self._context_size = context_size
         self.calls: list[tuple[list[int], SamplingParams]] = []
+        self.owners: list[object] = []
         self.chats: list[list[ChatMessage]] = []
         self.closed = False
         self.admitting = True
@@ -54,11 +55,12 @@ class FakeEngine:
         return await self.tokenize(" ".join(f"{m.role}: {m.content}" for m in messages))
 
     async def generate(
-        self, prompt_tokens: Sequence[int], params: SamplingParams
+        self, prompt_tokens: Sequence[int], params: SamplingParams, *, owner: object = None
     ) -> AsyncIterator[GenerationEvent]:
         if self.refuse is not None:
             raise self.refuse
         self.calls.append((list(prompt_tokens), params))
+        self.owners.append(owner)
         budget = min(params.max_tokens, self._context_size - len(prompt_tokens))
         stops = StopMatcher(params.stop)
         count, hit = 0, False

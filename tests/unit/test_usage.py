@@ -226,3 +226,17 @@ async def test_a_finished_request_is_no_longer_in_progress(tmp_path: Path) -> No
         refused = await client.post("/v1/completions", json={**BODY, "n": 99}, headers=bob)
         assert refused.status_code == 400  # an error ends it too
         assert (await client.get("/v1/models", headers=bob)).status_code == 200
+
+
+async def test_generations_are_queued_under_their_user(tmp_path: Path) -> None:
+    engine = FakeEngine()
+    async with AsyncTestClient(app=create_app(settings_for(tmp_path), engine=engine)) as client:
+        bob = await user(client, "bob")
+        me = (await client.get("/users/me", headers=bob)).json()
+        await client.post("/v1/completions", json={**BODY, "n": 2}, headers=bob)
+        await client.post(
+            "/v1/chat/completions",
+            json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
+            headers=bob,
+        )
+    assert engine.owners == [me["id"]] * 3  # the engine gives owners turns (test_batching.py)
