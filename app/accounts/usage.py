@@ -200,7 +200,8 @@ class UsageLimits:
 
     async def history(self, user_id: int, days: int) -> list[DayUsage]:
         """The user's last ``days`` UTC days with any use, newest first."""
-        since = (self._date() - dt.timedelta(days=days - 1)).isoformat()
+        today = dt.date.fromisoformat(self.today())
+        since = (today - dt.timedelta(days=days - 1)).isoformat()
         rows = await self._db.fetch_all(
             "SELECT day, requests, prompt_tokens, completion_tokens FROM usage"
             " WHERE user_id = ? AND day >= ? ORDER BY day DESC",
@@ -232,9 +233,6 @@ class UsageLimits:
             )
             self._today.setdefault(key, int(row[0]) if row else 0)
         return self._today[key]
-
-    def _date(self) -> dt.date:
-        return dt.datetime.fromtimestamp(self._wall(), dt.UTC).date()
 
     def _day(self) -> tuple[str, float]:
         """Today's UTC date, and seconds until it ends."""

@@ -74,15 +74,20 @@ class HostedModel:
     def id(self) -> str:
         return self.spec.id
 
+    @property
+    def download_percent(self) -> float | None:
+        """How far the file's download is, while it downloads."""
+        return self.progress.percent if self.state is ModelState.DOWNLOADING else None
+
 
 class Lease:
     """A request's hold on a loaded model; ``release()`` (idempotent) when the request is done."""
 
-    def __init__(self, host: ModelHost, model: HostedModel) -> None:
+    def __init__(self, model: HostedModel, released: asyncio.Event) -> None:
         assert model.engine is not None
         self.engine: Engine = model.engine
         self.model_id = model.id
-        self._host, self._model = host, model
+        self._model, self._released = model, released
         self._held = True
         model.leases += 1
         model.last_used = time.monotonic()
@@ -91,7 +96,7 @@ class Lease:
         if self._held:
             self._held = False
             self._model.leases -= 1
-            self._host._released.set()
+            self._released.set()  # a load waiting for a model to become free looks again
 
 
 class ModelHost:
@@ -192,7 +197,7 @@ class ModelHost:
         if self.stopping:
             raise EngineStopping()
         if model.state is ModelState.READY:
-            return Lease(self, model)
+            return Lease(model, self._released)
         if not self._settled.is_set() or model.state is ModelState.FAILED:
             raise ModelNotReady(model.id, model.state.value, model.error)
         async with self._swap:
@@ -202,7 +207,7 @@ class ModelHost:
                     await self._load(model)
                 except ModelUnavailable as exc:  # llama.cpp refused it: say so, keep serving
                     raise ModelNotReady(model.id, model.state.value, str(exc)) from None
-            return Lease(self, model)
+            return Lease(model, self._released)
 
     @asynccontextmanager
     async def lease(self, name: str) -> AsyncIterator[Lease]:
@@ -267,10 +272,10 @@ class ModelHost:
 
     def download_percent(self) -> float | None:
         """The running download's percent, if one is running."""
-        for model in self.models.values():
-            if model.state is ModelState.DOWNLOADING:
-                return model.progress.percent
-        return None
+        return next(
+            (m.download_percent for m in self.models.values() if m.download_percent is not None),
+            None,
+        )
 
     def stop_admitting(self) -> None:
         """Shutdown has begun: health says so and new generations get a 503."""

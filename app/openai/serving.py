@@ -393,6 +393,8 @@ async def _observed(
     first_token: float | None = None
     generated = [0] * job.choices  # per choice: what it has cost so far, finished or not
     outcome = "cancelled"  # unless the events run to their end or fail
+    if job.metrics is not None:
+        job.metrics.requests_processing.inc()
     try:
         async for index, event in events:
             if isinstance(event, TextDelta):
@@ -411,26 +413,30 @@ async def _observed(
         outcome = "server_error"
         raise
     finally:
-        await events.aclose()
-        job.lease.release()
-        completion_tokens = sum(generated)
-        if log is not None and log.account is not None and job.usage is not None:
-            # Shielded: a cancelled request (the client left) still has its use written.
-            await asyncio.shield(
-                job.usage.record(log.account.id, job.prompt_tokens, completion_tokens)
-            )
-        if log is not None:
-            log.model, log.first_token = job.model, first_token
-            log.prompt_tokens, log.completion_tokens = job.prompt_tokens, completion_tokens
-        if job.metrics is not None:
-            job.metrics.generation(
-                job.model,
-                job.prompt_tokens,
-                completion_tokens,
-                ttft=None if first_token is None else first_token - started,
-                duration=time.perf_counter() - started,
-                outcome=outcome,
-            )
+        try:
+            await events.aclose()
+        finally:  # the bookkeeping happens however the events ended
+            job.lease.release()
+            completion_tokens = sum(generated)
+            if log is not None:
+                log.model, log.first_token = job.model, first_token
+                log.prompt_tokens, log.completion_tokens = job.prompt_tokens, completion_tokens
+            if job.metrics is not None:
+                job.metrics.requests_processing.dec()
+                job.metrics.generation(
+                    job.model,
+                    job.prompt_tokens,
+                    completion_tokens,
+                    ttft=None if first_token is None else first_token - started,
+                    duration=time.perf_counter() - started,
+                    outcome=outcome,
+                )
+            if log is not None and log.account is not None and job.usage is not None:
+                # Last, and shielded: a request cancelled (the client left) still has its use
+                # written, and a cancellation here cannot skip the bookkeeping above.
+                await asyncio.shield(
+                    job.usage.record(log.account.id, job.prompt_tokens, completion_tokens)
+                )
 
 
 async def _single(

@@ -77,9 +77,7 @@ async def health(host: NamedDependency[SkipValidation[ModelHost]]) -> Response[H
                 ModelHealth(
                     id=m.id,
                     state=m.state.value,
-                    download_percent=m.progress.percent
-                    if m.state is ModelState.DOWNLOADING
-                    else None,
+                    download_percent=m.download_percent,
                     error=m.error,
                 )
                 for m in host.models.values()

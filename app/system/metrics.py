@@ -15,6 +15,7 @@ from litestar.params import SkipValidation
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     start_http_server,
@@ -52,6 +53,11 @@ class Metrics:
             "llm_requests",
             "Generation requests finished, by outcome (finish reason, or the error's code).",
             ["model", "outcome"],
+            registry=self.registry,
+        )
+        self.requests_processing = Gauge(
+            "llm_requests_processing",
+            "Generation requests in progress: waiting for a slot, or generating.",
             registry=self.registry,
         )
         self.queue_rejections = Counter(
@@ -127,9 +133,6 @@ class _EngineCollector:
         yield GaugeMetricFamily("llm_slots", "Sequence slots of the loaded models.", stats.slots)
         yield GaugeMetricFamily(
             "llm_slots_busy", "Slots generating or prefilling a request.", stats.busy
-        )
-        yield GaugeMetricFamily(
-            "llm_requests_processing", "Requests being generated now.", stats.busy
         )
         yield GaugeMetricFamily(
             "llm_requests_deferred", "Requests waiting in the queue for a slot.", stats.waiting

@@ -147,8 +147,12 @@ def test_on_a_terminal_the_bar_is_drawn_and_nothing_is_logged(
     clock = Clock()
     progress = DownloadProgress("m.gguf", log_every=1, terminal=True, clock=clock)
     caplog.set_level(logging.INFO, logger="app.inference.progress")
-    bar = progress.bar_class()(total=1000, initial=0, unit="B", disable=False, name="hf")
+    # Whatever huggingface_hub asks for (it passes disable by its own TTY test), we decide.
+    bar = progress.bar_class()(total=1000, initial=0, unit="B", disable=True, name="hf")
     assert not bar.disable
+    quiet = DownloadProgress("m.gguf", terminal=False).bar_class()(total=10, disable=False)
+    assert quiet.disable
+    quiet.close()
     clock.now += 5
     bar.update(400)
     bar.close()
