@@ -121,7 +121,7 @@ async def test_a_full_queue_answers_429_then_recovers(model_file: Path) -> None:
     engine = await load(model_file, parallel=1, max_queue=1)
     try:
         busy = asyncio.create_task(
-            complete(engine, "Tell a long story:", max_tokens=80, ignore_eos=True)
+            complete(engine, "Tell a long story:", max_tokens=1000, ignore_eos=True)
         )
         await until(lambda: engine.stats().busy == 1, "the first request took the slot")
         queued = asyncio.create_task(complete(engine, "Hi", max_tokens=2))
@@ -129,7 +129,7 @@ async def test_a_full_queue_answers_429_then_recovers(model_file: Path) -> None:
         with pytest.raises(QueueFull) as caught:
             await complete(engine, "Hi", max_tokens=2)
         assert caught.value.headers()["Retry-After"]
-        await busy
+        busy.cancel()  # it held the slot long enough; the queued request goes next
         await queued
         _, finished = await complete(engine, "Hi", max_tokens=2)
         assert finished.completion_tokens == 2
@@ -146,18 +146,25 @@ async def test_owners_take_turns_for_free_slots(model_file: Path) -> None:
         finished.append(name)
 
     try:
-        tasks = [asyncio.create_task(run("a1", "ann"))]
+        # ann's first request holds the one slot until the queue is set up (it would take
+        # seconds to finish; a short one could end mid-setup on a slow machine), then leaves.
+        holder = asyncio.create_task(
+            complete(engine, "Tell a long story:", max_tokens=1000, ignore_eos=True, owner="ann")
+        )
         await until(lambda: engine.stats().busy == 1, "ann's first request took the slot")
+        tasks = []
         for name in ("a2", "a3", "a4"):  # ann's backlog queues first...
             tasks.append(asyncio.create_task(run(name, "ann")))
-            await until(lambda: engine.stats().waiting == len(tasks) - 1, f"{name} queued")
+            await until(lambda: engine.stats().waiting == len(tasks), f"{name} queued")
         tasks.append(asyncio.create_task(run("b1", "bob")))  # ...then bob asks once
         await until(lambda: engine.stats().waiting == 4, "b1 queued")
+        assert engine.stats().busy == 1, "ann's first request still holds the slot"
+        holder.cancel()
         await asyncio.gather(*tasks)
     finally:
         await engine.close()
-    # With one slot, finishing order is admission order: bob is next after ann's running one.
-    assert finished == ["a1", "b1", "a2", "a3", "a4"]
+    # With one slot, finishing order is admission order: bob goes before ann's backlog.
+    assert finished == ["b1", "a2", "a3", "a4"]
 
 
 async def test_waiting_too_long_for_a_slot_is_a_429(model_file: Path) -> None:
@@ -179,7 +186,7 @@ async def test_a_request_abandoned_in_the_queue_leaves_it(model_file: Path) -> N
     engine = await load(model_file, parallel=1)
     try:
         busy = asyncio.create_task(
-            complete(engine, "Tell a long story:", max_tokens=100, ignore_eos=True)
+            complete(engine, "Tell a long story:", max_tokens=1000, ignore_eos=True)
         )
         await until(lambda: engine.stats().busy == 1, "the first request took the slot")
         waiting = asyncio.create_task(complete(engine, "Hi", max_tokens=2))
@@ -188,7 +195,8 @@ async def test_a_request_abandoned_in_the_queue_leaves_it(model_file: Path) -> N
         with pytest.raises(asyncio.CancelledError):
             await waiting
         assert engine.stats().waiting == 0
-        await busy
+        assert engine.stats().busy == 1, "the running request is untouched"
+        busy.cancel()
     finally:
         await engine.close()
 

@@ -318,9 +318,15 @@ def test_raw_sse_framing(server: RunningServer) -> None:
 def test_a_client_that_leaves_a_stream_frees_its_slot(
     client: openai.OpenAI, server: RunningServer
 ) -> None:
+    auth = {"Authorization": f"Bearer {server.api_key}"}
+
     def busy() -> int:
         return int(httpx.get(f"{server.url}/health").json()["slots_busy"])
 
+    def generated_today() -> int:
+        return int(httpx.get(f"{server.url}/users/me/usage", headers=auth).json()["tokens_today"])
+
+    before = generated_today()
     with httpx.stream(
         "POST",
         f"{server.url}/v1/completions",
@@ -337,12 +343,14 @@ def test_a_client_that_leaves_a_stream_frees_its_slot(
         lines = response.iter_lines()
         assert next(lines).startswith("data: ")
         assert busy() == 1
-    # The scheduler drops the abandoned sequence at its next step, long before 400 tokens.
+    # The scheduler drops the abandoned sequence at its next step, long before 400 tokens;
+    # the stream is charged what was generated, which shows where it stopped.
     for _ in range(3000):  # a hang guard of 30 s, not a timing assertion
-        if busy() == 0:
+        if busy() == 0 and generated_today() > before:
             break
         time.sleep(0.01)
     assert busy() == 0
+    assert 0 < generated_today() - before < 400
     completion = client.completions.create(model=MODEL_ID, prompt="Hi", max_tokens=2)
     assert completion.usage is not None
     assert completion.usage.completion_tokens == 2
