@@ -86,6 +86,37 @@ async def test_concurrent_requests_never_bleed_into_each_other(model_file: Path)
     assert [f.completion_tokens for _, f in together] == [f.completion_tokens for _, f in alone]
 
 
+async def test_a_sequence_moved_to_close_a_gap_carries_on_unchanged(model_file: Path) -> None:
+    """Running sequences are kept on consecutive ids (one llama.cpp pass per step): when the one
+    between two others leaves, the last moves into the gap, its KV cache copied, mid-stream."""
+    cold = await load(model_file, parallel=1)
+    try:
+        alone, _ = await complete(cold, PROMPTS[3], max_tokens=120, ignore_eos=True)
+    finally:
+        await cold.close()
+    engine = await load(model_file, parallel=3)
+
+    def running_seqs() -> set[int]:
+        return {slot.seq for slot in engine._slots if slot.request is not None}
+
+    try:
+        first = asyncio.create_task(complete(engine, PROMPTS[0], max_tokens=1000, ignore_eos=True))
+        await until(lambda: running_seqs() == {0}, "the first request took slot 0")
+        middle = asyncio.create_task(complete(engine, PROMPTS[1], max_tokens=1000, ignore_eos=True))
+        await until(lambda: running_seqs() == {0, 1}, "the second took slot 1, next to it")
+        moved = asyncio.create_task(complete(engine, PROMPTS[3], max_tokens=120, ignore_eos=True))
+        await until(lambda: running_seqs() == {0, 1, 2}, "the third took slot 2")
+        middle.cancel()
+        await until(lambda: engine.stats().busy == 2, "the middle one left")
+        await until(lambda: running_seqs() == {0, 1}, "the last one moved into the gap")
+        text, finished = await moved
+        first.cancel()
+    finally:
+        await engine.close()
+    assert finished.completion_tokens == 120
+    assert text == alone
+
+
 async def test_a_long_prompt_does_not_freeze_running_streams(engine: LlamaEngine) -> None:
     """While a long prompt is prefilled in chunks, a running stream keeps getting tokens."""
     order: list[str] = []
