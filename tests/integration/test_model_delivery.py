@@ -28,6 +28,13 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def refused(result: subprocess.CompletedProcess[str]) -> str:
+    """The stderr of a command that stopped with exit status 1 and one sentence, no traceback."""
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return result.stderr
+
+
 def cached_blob(tmp_path: Path, model_file: Path) -> Path:
     return tmp_path / "hub" / f"models--{REPO.replace('/', '--')}" / "blobs" / sha256(model_file)
 
@@ -67,8 +74,7 @@ def test_the_token_is_sent_and_the_hubs_refusals_are_one_sentence(
         {(REPO, FILE): model_file}, tokens={"hf_good", "hf_other"}, granted={"hf_good"}
     ) as hub:
         missing = run_app(tmp_path, "model", "pull", HF_ENDPOINT=hub.url, **HUB_MODEL)
-        assert missing.returncode == 1
-        assert missing.stderr.splitlines()[-1] == (
+        assert refused(missing).splitlines()[-1] == (
             f"error: The Hub wants a token for {REPO} (401): it is private or gated, or does not "
             "exist; set HUGGINGFACE_TOKEN (or HF_TOKEN) to a token from "
             "https://huggingface.co/settings/tokens, and check APP_MODEL_REPO."
@@ -77,25 +83,22 @@ def test_the_token_is_sent_and_the_hubs_refusals_are_one_sentence(
         wrong = run_app(
             tmp_path, "model", "pull", HF_ENDPOINT=hub.url, HUGGINGFACE_TOKEN="hf_bad", **HUB_MODEL
         )
-        assert wrong.returncode == 1
-        assert f"The Hub refused the token for {REPO} (401)" in wrong.stderr
+        assert f"The Hub refused the token for {REPO} (401)" in refused(wrong)
         assert "hf_bad" not in wrong.stderr
 
         no_access = run_app(
             tmp_path, "model", "pull", HF_ENDPOINT=hub.url, HF_TOKEN="hf_other", **HUB_MODEL
         )
-        assert no_access.returncode == 1
-        assert f"{REPO} is gated: accept its terms on the Hub" in no_access.stderr
+        assert f"{REPO} is gated: accept its terms on the Hub" in refused(no_access)
 
         hub.requests.clear()
         granted = run_app(
             tmp_path, "model", "pull", HF_ENDPOINT=hub.url, HUGGINGFACE_TOKEN="hf_good", **HUB_MODEL
         )
         assert granted.returncode == 0, granted.stderr
+        assert "Traceback" not in granted.stderr
         assert hub.requests, "the Hub was asked"
         assert all(r.header("Authorization") == "Bearer hf_good" for r in hub.requests)
-    for result in (missing, wrong, no_access, granted):
-        assert "Traceback" not in result.stderr
 
 
 def test_a_401_stops_the_server_start_with_the_same_sentence(
@@ -105,9 +108,7 @@ def test_a_401_stops_the_server_start_with_the_same_sentence(
         result = run_app(
             tmp_path, "serve", HF_ENDPOINT=hub.url, APP_PORT=str(free_port()), **HUB_MODEL
         )
-    assert result.returncode == 1
-    assert f"The Hub wants a token for {REPO} (401)" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert f"The Hub wants a token for {REPO} (401)" in refused(result)
 
 
 def test_a_download_logs_its_progress_and_resumes_after_a_cut_connection(
@@ -199,9 +200,7 @@ def test_a_damaged_cached_file_is_found_and_fetched_again(tmp_path: Path, model_
 
     blob.write_bytes(b"GGUF and nothing else")
     offline = run_app(tmp_path, "model", "pull", HF_HUB_OFFLINE="1", **HUB_MODEL)
-    assert offline.returncode == 1
-    assert "the Hugging Face cache has no good copy" in offline.stderr
-    assert "Traceback" not in offline.stderr
+    assert "the Hugging Face cache has no good copy" in refused(offline)
 
 
 def test_a_cached_model_starts_with_hf_hub_offline(tmp_path: Path, model_file: Path) -> None:
@@ -216,18 +215,14 @@ def test_a_file_from_the_hub_that_is_not_gguf_names_the_file(tmp_path: Path) -> 
     bogus.write_bytes(b"<html>not a model</html>")
     with serve_hub({(REPO, FILE): bogus}) as hub:
         result = run_app(tmp_path, "model", "pull", HF_ENDPOINT=hub.url, **HUB_MODEL)
-    assert result.returncode == 1
-    assert re.search(rf"The model file \S+/{re.escape(FILE)} is not a GGUF file", result.stderr)
-    assert "Traceback" not in result.stderr
+    assert re.search(rf"The model file \S+/{re.escape(FILE)} is not a GGUF file", refused(result))
 
 
 def test_a_gguf_that_llama_cpp_cannot_load_stops_the_start(tmp_path: Path) -> None:
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 64)
     result = run_app(tmp_path, "serve", APP_MODEL_PATH=str(broken), APP_PORT=str(free_port()))
-    assert result.returncode == 1
-    assert f"llama.cpp could not load the model file {broken}" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert f"llama.cpp could not load the model file {broken}" in refused(result)
 
 
 def test_two_models_route_by_name_and_at_most_one_is_loaded(
