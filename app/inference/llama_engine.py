@@ -439,12 +439,11 @@ class LlamaEngine:
             if slot.request is not None and slot.request.cancelled.is_set():
                 self._release(slot, keep_cache=True)
         self._keep_consecutive()
-        running = [s for s in self._slots if s.request is not None]  # in sequence id order
+        # In sequence id order: each sequence's tokens together, the first ones ascending.
+        running = [(s, s.request) for s in self._slots if s.request is not None]
         # Every generating sequence gets its next token; prompt chunks share what is left.
-        room = _BATCH - sum(s.prefilled == len(s.request.prompt) for s in running if s.request)
-        for slot in running:
-            request = slot.request
-            assert request is not None
+        room = _BATCH - sum(slot.prefilled == len(request.prompt) for slot, request in running)
+        for slot, request in running:
             if slot.prefilled == len(request.prompt):
                 add(slot, slot.last_token, True)
                 continue
