@@ -7,10 +7,13 @@ release is refused instead of being used with the wrong schema.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import fcntl
 import logging
 import os
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -57,12 +60,58 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE INDEX usage_by_day ON usage (day);
     """,
+    """
+    -- Ids are never handed out twice (AUTOINCREMENT), and each account gets a random subject that
+    -- its access tokens name: a token can only ever authenticate the account it was issued to.
+    -- SQLite cannot add AUTOINCREMENT in place, so the table is rebuilt (foreign keys are off
+    -- while migrations run, so the rows that reference users stay as they are).
+    CREATE TABLE users_new (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        username TEXT NOT NULL UNIQUE COLLATE NOCASE,
+        password_hash TEXT NOT NULL,
+        is_admin INTEGER NOT NULL DEFAULT 0,
+        disabled INTEGER NOT NULL DEFAULT 0,
+        token_version INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL,
+        requests_per_minute INTEGER,
+        tokens_per_day INTEGER,
+        subject TEXT NOT NULL UNIQUE
+    );
+    INSERT INTO users_new (id, username, password_hash, is_admin, disabled, token_version,
+        created_at, requests_per_minute, tokens_per_day, subject)
+        SELECT id, username, password_hash, is_admin, disabled, token_version, created_at,
+        requests_per_minute, tokens_per_day, lower(hex(randomblob(16))) FROM users;
+    DROP TABLE users;
+    ALTER TABLE users_new RENAME TO users;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
 class SchemaTooNew(Exception):
     """The database was migrated by a newer release than this one."""
+
+
+class DatabaseUnavailable(Exception):
+    """The database file cannot be opened, written or read as a database."""
+
+    def __init__(self, path: Path, cause: BaseException) -> None:
+        reason = getattr(cause, "strerror", None) or str(cause)
+        super().__init__(
+            f"cannot use the database {path}: {reason}; check that APP_DATA_DIR is a writable "
+            "directory and that the file is an intact SQLite database (restore a backup if not)."
+        )
+
+
+@contextlib.asynccontextmanager
+async def _file_lock(path: Path) -> AsyncIterator[None]:
+    """An exclusive lock on ``path`` between processes, waited for off the event loop."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 class Database:
@@ -74,9 +123,16 @@ class Database:
         self._connection: aiosqlite.Connection | None = None
 
     async def open(self) -> None:
-        """Opens (creating if needed) the database file and brings its schema up to date."""
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        connection = await aiosqlite.connect(self.path, isolation_level=None)
+        """Opens (creating if needed) the database file and brings its schema up to date.
+
+        Raises ``DatabaseUnavailable`` with one sentence naming the file when it cannot be
+        opened or is not a database, and ``SchemaTooNew`` for a newer release's database.
+        """
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            connection = await aiosqlite.connect(self.path, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise DatabaseUnavailable(self.path, exc) from None
         try:
             connection.row_factory = sqlite3.Row
             for pragma in (
@@ -88,12 +144,18 @@ class Database:
             ):
                 await connection.execute(pragma)
             self._connection = connection
-            await self._migrate()
-        except BaseException:
+            # Several processes may start on one data directory at once (replicas, a CLI
+            # command beside the service): one migrates while the others wait, then find the
+            # schema current.
+            async with _file_lock(self.path.with_name(self.path.name + ".lock")):
+                await self._migrate()
+            os.chmod(self.path, 0o600)
+        except BaseException as exc:
             self._connection = None
             await connection.close()
+            if isinstance(exc, OSError | sqlite3.Error):
+                raise DatabaseUnavailable(self.path, exc) from None
             raise
-        os.chmod(self.path, 0o600)
 
     @property
     def connection(self) -> aiosqlite.Connection:
@@ -111,10 +173,21 @@ class Database:
             )
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             logger.info("migrating the database to schema %d", number)
-            # executescript commits first, so BEGIN..COMMIT makes each migration all-or-nothing.
-            await self.connection.executescript(
-                f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;"
-            )
+            try:
+                await self._apply(number, script)
+            except sqlite3.Error as exc:
+                raise sqlite3.Error(f"migrating it to schema {number} failed ({exc})") from exc
+
+    async def _apply(self, number: int, script: str) -> None:
+        # executescript commits first, so BEGIN..COMMIT makes each migration all-or-nothing.
+        # Foreign keys are off meanwhile (SQLite ignores the pragma inside a transaction), so a
+        # migration can rebuild a table without cascading deletes into the rows that reference
+        # it.
+        await self.connection.executescript(
+            f"PRAGMA foreign_keys = OFF;\nBEGIN IMMEDIATE;\n{script}\n"
+            f"PRAGMA user_version = {number};\nCOMMIT;"
+        )
+        await self.connection.execute("PRAGMA foreign_keys = ON")
 
     async def fetch_one(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
         """The first row of a query, or None."""

@@ -61,6 +61,13 @@ class InvalidRequest(ServiceError):
     """The request is well-formed JSON but asks for something invalid or unsupported."""
 
 
+class WrongPassword(InvalidRequest):
+    """The current password given to confirm a change is wrong."""
+
+    def __init__(self) -> None:
+        super().__init__("The current password is wrong.", param="current_password")
+
+
 class ContextLengthExceeded(ServiceError):
     """The prompt does not fit the model's context window."""
 

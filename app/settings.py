@@ -28,7 +28,8 @@ _ENV_NAMES = {
 # a fresh install downloads.
 DEFAULT_MODEL_REVISION = "52e7645ba7c309695bec7ac98f4f005b139cf465"
 # Account rules, shared with the accounts package so settings and API agree.
-USERNAME_PATTERN = r"^[A-Za-z0-9_.-]{3,64}$"
+# "$(?!\n)": a plain "$" would also match before a final newline ("root\n").
+USERNAME_PATTERN = r"^[A-Za-z0-9_.-]{3,64}$(?!\n)"
 MIN_PASSWORD, MAX_PASSWORD = 8, 256
 
 # Settings whose values must never be echoed back, not even in an error message.
@@ -66,7 +67,7 @@ class Settings(
         Meta(description="Log lines as json or text; auto: text on a terminal, json elsewhere."),
     ] = "auto"
     metrics_listen: Annotated[
-        Annotated[str, Meta(pattern=r"^[^\s]*:\d{1,5}$")] | None,
+        Annotated[str, Meta(pattern=r"^[^\s]*:\d{1,5}$(?!\n)")] | None,
         Meta(
             description="host:port for an open /metrics listener; empty: /metrics on the main "
             "port, for admins only."
@@ -84,14 +85,14 @@ class Settings(
     model_repo: Annotated[
         str,
         Meta(
-            pattern=r"^[\w.-]+/[\w.-]+$",
+            pattern=r"^[\w.-]+/[\w.-]+$(?!\n)",
             description="Hugging Face Hub repository the GGUF file is downloaded from.",
         ),
     ] = "TheBloke/TinyLlama-1.1B-Chat-v1.0-GGUF"
     model_file: Annotated[
         str,
         Meta(
-            pattern=r"(?i)\.gguf$",
+            pattern=r"(?i)\.gguf$(?!\n)",
             description="GGUF file name inside APP_MODEL_REPO.",
         ),
     ] = "tinyllama-1.1b-chat-v1.0.Q4_K_M.gguf"
@@ -166,6 +167,23 @@ class Settings(
         Literal["zephyr", "chatml"],
         Meta(description="Chat format for a GGUF without a chat template: zephyr or chatml."),
     ] = "zephyr"
+    header_timeout: Annotated[
+        float,
+        Meta(
+            gt=0,
+            le=3600,
+            description="Seconds a client may take to send its request headers before the "
+            "connection is closed.",
+        ),
+    ] = 10.0
+    max_connections: Annotated[
+        int,
+        Meta(
+            ge=1,
+            le=1_000_000,
+            description="Open connections at most; more are closed as they arrive.",
+        ),
+    ] = 1000
     max_request_bytes: Annotated[
         int,
         Meta(ge=1024, description="Largest request body accepted, in bytes; larger is a 413."),

@@ -25,10 +25,11 @@ from app.accounts.models import (
     UserUpdate,
     UserView,
 )
-from app.accounts.security import PUBLIC, LoginThrottle, admin_only, issue_token
+from app.accounts.security import PUBLIC, admin_only, issue_token
 from app.accounts.service import AccountService
+from app.accounts.throttle import LoginThrottle
 from app.accounts.usage import UsageLimits, UsageReport, UserDayUsage
-from app.errors import InvalidCredentials, InvalidRequest, error_responses
+from app.errors import InvalidCredentials, InvalidRequest, WrongPassword, error_responses
 
 Accounts = NamedDependency[SkipValidation[AccountService]]
 Usage = NamedDependency[SkipValidation[UsageLimits]]
@@ -71,17 +72,14 @@ class AuthController(Controller):
     ) -> TokenResponse:
         if data.grant_type not in (None, "", "password"):
             raise InvalidRequest("Only grant_type=password is supported.", param="grant_type")
-        keys = (
-            f"user:{data.username.lower()}",
-            f"addr:{request.client.host if request.client else '-'}",
-        )
-        login_throttle.check(*keys)
-        try:
-            user = await accounts.authenticate(data.username, data.password)
-        except InvalidCredentials:
-            login_throttle.failed(*keys)
-            raise
-        login_throttle.succeeded(keys[0])
+        username = f"user:{data.username.lower()}"
+        address = f"addr:{request.client.host if request.client else '-'}"
+        async with login_throttle.attempt(username, address, clears=username) as attempt:
+            try:
+                user = await accounts.authenticate(data.username, data.password)
+            except InvalidCredentials:
+                attempt.failed()
+                raise
         return TokenResponse(
             access_token=issue_token(auth, user),
             expires_in=int(auth.default_token_expiration.total_seconds()),
@@ -101,14 +99,30 @@ class MeController(Controller):
     @post(
         "/password",
         summary="Change your password",
-        description="Ends every access token issued before; API keys keep working.",
+        description=(
+            "Ends every access token issued before; API keys keep working. Wrong current "
+            "passwords are throttled like logins (429 with `Retry-After`)."
+        ),
         status_code=HTTP_204_NO_CONTENT,
-        responses=error_responses(400, 401),
+        responses=error_responses(400, 401, 429),
     )
     async def change_password(
-        self, request: AuthRequest, data: Annotated[PasswordChange, Body()], accounts: Accounts
+        self,
+        request: AuthRequest,
+        data: Annotated[PasswordChange, Body()],
+        accounts: Accounts,
+        login_throttle: NamedDependency[SkipValidation[LoginThrottle]],
     ) -> None:
-        await accounts.change_password(request.user, data.current_password, data.new_password)
+        # A stolen token or API key must not be a way to guess the password without limit.
+        account = f"user:{request.user.username.lower()}"
+        async with login_throttle.attempt(account) as attempt:
+            try:
+                await accounts.change_password(
+                    request.user, data.current_password, data.new_password
+                )
+            except WrongPassword:
+                attempt.failed()
+                raise
 
     @get(
         "/usage",

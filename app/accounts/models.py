@@ -36,6 +36,9 @@ class User(msgspec.Struct, frozen=True, kw_only=True):
     created_at: int
     requests_per_minute: int | None = None
     tokens_per_day: int | None = None
+    subject: str = ""
+    """Random and never reused: what access tokens name, so that a token issued to a deleted
+    account can never authenticate another one."""
 
     def view(self) -> UserView:
         """What the API shows of this account."""

@@ -1,4 +1,4 @@
-"""Who is calling: the JWT secret, Litestar's OAuth2 bearer auth with API keys, login throttling.
+"""Who is calling: the JWT secret, Litestar's OAuth2 bearer auth with API keys, the admin guard.
 
 Litestar's ``OAuth2PasswordBearerAuth`` signs and checks tokens (pyjwt, one algorithm only, so
 ``alg: none`` and algorithm swaps are refused) and documents the password flow for Swagger's
@@ -12,8 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import time
-from collections import deque
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,7 @@ from litestar.security.jwt import JWTAuthenticationMiddleware, OAuth2PasswordBea
 
 from app.accounts.models import User
 from app.accounts.service import API_KEY_PREFIX, AccountService
-from app.errors import NotAuthenticated, PermissionDenied, TooManyAttempts
+from app.errors import NotAuthenticated, PermissionDenied
 from app.settings import ConfigError, Settings
 
 logger = logging.getLogger(__name__)
@@ -69,21 +67,37 @@ def resolve_jwt_secret(settings: Settings) -> str:
             )
         return configured
     path = Path(settings.data_dir) / _SECRET_FILE
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        secret = path.read_text().strip()
-        if len(secret.encode()) < _MIN_SECRET_BYTES[settings.algorithm]:
-            raise ConfigError(
-                f"{path} holds a JWT secret too short for {settings.algorithm}; delete the file "
-                "to have a new one generated (existing tokens will stop working)."
-            ) from None
-        return secret
-    secret = secrets.token_urlsafe(64)  # 86 characters: enough for HS512
-    with os.fdopen(fd, "w") as f:
-        f.write(secret + "\n")
-    logger.info("generated a JWT secret in %s", path)
+        return _stored_secret(path, settings.algorithm)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot keep the generated JWT secret in {path}: {exc.strerror}; make APP_DATA_DIR "
+            "a writable directory or set JWT_SECRET_KEY."
+        ) from None
+
+
+def _stored_secret(path: Path, algorithm: str) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not path.exists():
+        # Written whole to a private file, then linked into place: a second process starting
+        # at the same moment either wins the link or reads the complete secret, never half.
+        draft = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(64) + "\n")  # 86 characters: enough for HS512
+        try:
+            os.link(draft, path)
+            logger.info("generated a JWT secret in %s", path)
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink()
+    secret = path.read_text().strip()
+    if len(secret.encode()) < _MIN_SECRET_BYTES[algorithm]:
+        raise ConfigError(
+            f"{path} holds a JWT secret too short for {algorithm}; delete the file "
+            "to have a new one generated (existing tokens will stop working)."
+        )
     return secret
 
 
@@ -120,10 +134,10 @@ async def _user_for_token(
 ) -> User | None:
     accounts: AccountService = connection.app.state.accounts
     try:
-        user_id, version = int(token.sub), int(token.extras["ver"])
+        version = int(token.extras["ver"])
     except (KeyError, TypeError, ValueError):
         return None
-    return await accounts.user_for_token(user_id, version)
+    return await accounts.user_for_token(token.sub, version)
 
 
 class _OAuth2Bearer(OAuth2PasswordBearerAuth[User, Token]):
@@ -173,7 +187,7 @@ def bearer_auth(
 def issue_token(auth: OAuth2PasswordBearerAuth[User, Token], user: User) -> str:
     """A signed access token for ``user``; revoked when the password changes or on disable."""
     return auth.create_token(
-        identifier=str(user.id),
+        identifier=user.subject,
         token_unique_jwt_id=secrets.token_hex(16),
         token_extras={"ver": user.token_version},
     )
@@ -185,49 +199,3 @@ def admin_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandl
         return  # preflights carry no credentials and only learn the allowed methods
     if not connection.user.is_admin:
         raise PermissionDenied("This needs an admin account.")
-
-
-class LoginThrottle:
-    """Counts failed logins per key (a username, a client address) in a sliding window.
-
-    Once a key has ``max_failures`` in the window, its logins are refused until the oldest
-    failure leaves the window. Kept in memory: a restart forgets, which is acceptable for a
-    brake on guessing.
-    """
-
-    _MAX_KEYS = 100_000
-
-    def __init__(self, max_failures: int, window_seconds: int) -> None:
-        self._max = max_failures
-        self._window = window_seconds
-        self._failures: dict[str, deque[float]] = {}
-
-    def check(self, *keys: str) -> None:
-        """Raises ``TooManyAttempts`` if any key is paused."""
-        now = time.monotonic()
-        for key in keys:
-            failures = self._recent(key, now)
-            if len(failures) >= self._max:
-                raise TooManyAttempts(max(1, int(failures[0] + self._window - now) + 1))
-
-    def failed(self, *keys: str) -> None:
-        """Records a failed login for each key."""
-        now = time.monotonic()
-        if len(self._failures) >= self._MAX_KEYS:
-            self._forget_stale(now)
-        for key in keys:
-            self._failures.setdefault(key, deque(maxlen=self._max)).append(now)
-
-    def succeeded(self, key: str) -> None:
-        """A correct login clears that key's failures."""
-        self._failures.pop(key, None)
-
-    def _recent(self, key: str, now: float) -> deque[float]:
-        failures = self._failures.get(key, deque())
-        while failures and failures[0] <= now - self._window:
-            failures.popleft()
-        return failures
-
-    def _forget_stale(self, now: float) -> None:
-        for key in [k for k, v in self._failures.items() if not v or v[-1] <= now - self._window]:
-            del self._failures[key]

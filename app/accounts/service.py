@@ -12,7 +12,13 @@ import msgspec
 from app.accounts.models import ApiKeyView, NewApiKey, User, UserUpdate
 from app.accounts.passwords import Passwords
 from app.accounts.store import AccountStore, UsernameTaken
-from app.errors import Conflict, InvalidCredentials, InvalidRequest, NotFound, PermissionDenied
+from app.errors import (
+    Conflict,
+    InvalidCredentials,
+    NotFound,
+    PermissionDenied,
+    WrongPassword,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -65,9 +71,9 @@ class AccountService:
             logger.info("upgraded the password hash of user %d", user.id)
         return user
 
-    async def user_for_token(self, user_id: int, token_version: int) -> User | None:
+    async def user_for_token(self, subject: str, token_version: int) -> User | None:
         """The token's user, if the account still exists, is enabled, and has not revoked it."""
-        user = await self._store.user_by_id(user_id)
+        user = await self._store.user_by_subject(subject)
         if user is None or user.disabled or user.token_version != token_version:
             return None
         return user
@@ -88,7 +94,7 @@ class AccountService:
     async def change_password(self, user: User, current: str, new: str) -> None:
         """Self-service password change; ends the user's existing tokens."""
         if not await self._passwords.verify(user.password_hash, current):
-            raise InvalidRequest("The current password is wrong.", param="current_password")
+            raise WrongPassword()
         await self._store.set_password(user.id, await self._passwords.hash(new), revoke_tokens=True)
 
     async def create_api_key(self, user: User, name: str) -> NewApiKey:
@@ -163,9 +169,12 @@ class AccountService:
                 "choose another APP_ADMIN_USERNAME, or promote a user with "
                 "'python -m app users promote NAME'."
             )
-        if password:
-            await self.create_user(username, password, is_admin=True)
-            return None
-        generated = secrets.token_urlsafe(18)
-        await self.create_user(username, generated, is_admin=True)
+        generated = None if password else secrets.token_urlsafe(18)
+        try:
+            await self.create_user(username, password or generated or "", is_admin=True)
+        except Conflict:
+            # Another process starting on the same database created it a moment ago.
+            if await self._store.has_admin():
+                return None
+            raise
         return generated

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 import time
 
@@ -10,7 +11,7 @@ from app.db import Database
 
 _SELECT_USER = (
     "SELECT id, username, password_hash, is_admin, disabled, token_version, created_at,"
-    " requests_per_minute, tokens_per_day FROM users"
+    " requests_per_minute, tokens_per_day, subject FROM users"
 )
 
 
@@ -27,6 +28,7 @@ def _user(row: sqlite3.Row | None) -> User | None:
         created_at=row["created_at"],
         requests_per_minute=row["requests_per_minute"],
         tokens_per_day=row["tokens_per_day"],
+        subject=row["subject"],
     )
 
 
@@ -53,9 +55,9 @@ class AccountStore:
     async def create_user(self, username: str, password_hash: str, *, is_admin: bool) -> User:
         try:
             _, user_id = await self._db.execute(
-                "INSERT INTO users (username, password_hash, is_admin, created_at)"
-                " VALUES (?, ?, ?, ?)",
-                (username, password_hash, int(is_admin), int(time.time())),
+                "INSERT INTO users (username, password_hash, is_admin, created_at, subject)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (username, password_hash, int(is_admin), int(time.time()), secrets.token_hex(16)),
             )
         except sqlite3.IntegrityError:
             raise UsernameTaken(username) from None
@@ -65,6 +67,9 @@ class AccountStore:
 
     async def user_by_id(self, user_id: int) -> User | None:
         return _user(await self._db.fetch_one(_SELECT_USER + " WHERE id = ?", (user_id,)))
+
+    async def user_by_subject(self, subject: str) -> User | None:
+        return _user(await self._db.fetch_one(_SELECT_USER + " WHERE subject = ?", (subject,)))
 
     async def user_by_name(self, username: str) -> User | None:
         return _user(await self._db.fetch_one(_SELECT_USER + " WHERE username = ?", (username,)))
@@ -142,7 +147,7 @@ class AccountStore:
         row = await self._db.fetch_one(
             "SELECT k.id AS key_id, k.last_used_at, u.id, u.username, u.password_hash,"
             " u.is_admin, u.disabled, u.token_version, u.created_at, u.requests_per_minute,"
-            " u.tokens_per_day FROM api_keys k JOIN users u ON u.id = k.user_id"
+            " u.tokens_per_day, u.subject FROM api_keys k JOIN users u ON u.id = k.user_id"
             " WHERE k.key_hash = ?",
             (key_hash,),
         )

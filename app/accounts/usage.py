@@ -9,10 +9,13 @@ last one may pass it by at most its own ``max_tokens``.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import dataclasses
 import datetime as dt
+import logging
 import math
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +30,11 @@ from app.db import Database
 from app.errors import RequestRateLimited, TokenRateLimited
 from app.system.logs import current_request
 
+logger = logging.getLogger(__name__)
+
 _MINUTE = 60.0
+# At most one error line per this many seconds while usage cannot be written.
+_FAILURE_LOG_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -95,6 +102,7 @@ class UsageLimits:
         concurrent: int = 0,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        on_write_failure: Callable[[], None] | None = None,
     ) -> None:
         self._db = db
         self._rpm = requests_per_minute
@@ -104,6 +112,11 @@ class UsageLimits:
         self._clock, self._wall = clock, wall
         self._windows: dict[int, collections.deque[float]] = {}
         self._today: dict[tuple[int, str], int] = {}
+        # (user, day) -> [requests, prompt tokens, completion tokens] not yet written.
+        self._held: dict[tuple[int, str], list[int]] = {}
+        self._writing = asyncio.Lock()
+        self._on_write_failure = on_write_failure
+        self._last_failure_log = -math.inf
 
     def limits(self, user: User) -> tuple[int, int]:
         """The user's (requests per minute, tokens per day); 0 means no limit."""
@@ -175,18 +188,59 @@ class UsageLimits:
         return leave
 
     async def record(self, user_id: int, prompt_tokens: int, completion_tokens: int) -> None:
-        """Adds one request's use to today's row (committed before this returns)."""
+        """Adds one request's use to today's row, committed before this returns if it can be.
+
+        Never raises: the answer has been generated and must reach its client. A row that cannot
+        be written (a full disk, a read-only database) is held in memory, written with the next
+        request's row, and counted in ``llm_usage_write_failures_total``; the limits count it
+        meanwhile.
+        """
         day, _ = self._day()
-        await self._db.execute(
-            "INSERT INTO usage (user_id, day, requests, prompt_tokens, completion_tokens)"
-            " VALUES (?, ?, 1, ?, ?) ON CONFLICT (user_id, day) DO UPDATE SET"
-            " requests = requests + 1, prompt_tokens = prompt_tokens + excluded.prompt_tokens,"
-            " completion_tokens = completion_tokens + excluded.completion_tokens",
-            (user_id, day, prompt_tokens, completion_tokens),
-        )
         key = (user_id, day)
         if key in self._today:
             self._today[key] += completion_tokens
+        held = self._held.setdefault(key, [0, 0, 0])
+        held[0] += 1
+        held[1] += prompt_tokens
+        held[2] += completion_tokens
+        await self.flush()
+
+    async def flush(self) -> bool:
+        """Writes the rows held in memory; whether none is left."""
+        async with self._writing:
+            for key, (requests, prompt_tokens, completion_tokens) in list(self._held.items()):
+                try:
+                    await self._db.execute(
+                        "INSERT INTO usage (user_id, day, requests, prompt_tokens,"
+                        " completion_tokens) VALUES (?, ?, ?, ?, ?) ON CONFLICT (user_id, day)"
+                        " DO UPDATE SET requests = requests + excluded.requests,"
+                        " prompt_tokens = prompt_tokens + excluded.prompt_tokens,"
+                        " completion_tokens = completion_tokens + excluded.completion_tokens",
+                        (*key, requests, prompt_tokens, completion_tokens),
+                    )
+                except sqlite3.Error as exc:
+                    self._failed(exc)
+                    return False
+                del self._held[key]
+            return True
+
+    @property
+    def held(self) -> int:
+        """Usage rows waiting in memory to be written."""
+        return len(self._held)
+
+    def _failed(self, exc: sqlite3.Error) -> None:
+        if self._on_write_failure is not None:
+            self._on_write_failure()
+        now = self._clock()
+        if now - self._last_failure_log >= _FAILURE_LOG_SECONDS:  # loud, not a flood
+            self._last_failure_log = now
+            logger.error(
+                "cannot write usage to the database (%s); %d user-day rows are held in memory "
+                "and written with the next request's",
+                exc,
+                len(self._held),
+            )
 
     async def report(self, user: User, days: int) -> UsageReport:
         """The user's limits, today's generated tokens, and the last ``days`` days."""
@@ -231,7 +285,8 @@ class UsageLimits:
                 "SELECT completion_tokens FROM usage WHERE user_id = ? AND day = ?",
                 (user_id, day),
             )
-            self._today.setdefault(key, int(row[0]) if row else 0)
+            held = self._held.get(key, [0, 0, 0])[2]
+            self._today.setdefault(key, (int(row[0]) if row else 0) + held)
         return self._today[key]
 
     def _day(self) -> tuple[str, float]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,9 +13,9 @@ import pytest
 from argon2 import PasswordHasher
 
 from app.accounts.passwords import Passwords
-from app.accounts.security import LoginThrottle
 from app.accounts.service import AccountService, AdminBootstrapError
 from app.accounts.store import AccountStore
+from app.accounts.throttle import LoginThrottle
 from app.db import Database
 from app.errors import InvalidCredentials, TooManyAttempts
 from app.factory import account_service
@@ -92,30 +94,61 @@ async def test_the_first_admin_is_never_an_existing_ordinary_user(db: Database) 
     assert await accounts.ensure_admin("other", None) is None, "an admin exists now"
 
 
-def test_throttle_pauses_a_key_then_lets_it_go(monkeypatch: pytest.MonkeyPatch) -> None:
+async def fail(throttle: LoginThrottle, *keys: str) -> None:
+    with contextlib.suppress(InvalidCredentials):
+        async with throttle.attempt(*keys) as attempt:
+            attempt.failed()
+            raise InvalidCredentials()
+
+
+async def test_throttle_pauses_a_key_then_lets_it_go(monkeypatch: pytest.MonkeyPatch) -> None:
     now = [1000.0]
-    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(time, "time", lambda: now[0])
     throttle = LoginThrottle(max_failures=2, window_seconds=60)
-    throttle.failed("user:kim")
-    throttle.check("user:kim")
+    await fail(throttle, "user:kim")
     now[0] += 10
-    throttle.failed("user:kim")
+    await fail(throttle, "user:kim")
     with pytest.raises(TooManyAttempts) as caught:
-        throttle.check("user:kim", "addr:1.2.3.4")
-    assert caught.value.retry_after == 51  # until the first failure is 60 s old
-    throttle.check("user:other")
+        async with throttle.attempt("user:kim", "addr:1.2.3.4"):
+            pytest.fail("a paused key must not get to check a password")
+    assert caught.value.retry_after == 50  # until the first failure is 60 s old
+    async with throttle.attempt("user:other"):
+        pass
     now[0] += 51
-    throttle.check("user:kim")
+    async with throttle.attempt("user:kim"):
+        pass
 
 
-def test_a_correct_login_clears_the_usernames_failures() -> None:
+async def test_a_correct_login_clears_the_usernames_failures() -> None:
     throttle = LoginThrottle(max_failures=2, window_seconds=60)
-    throttle.failed("user:kim", "addr:a")
-    throttle.succeeded("user:kim")
-    throttle.failed("user:kim", "addr:a")
-    throttle.check("user:kim")
+    await fail(throttle, "user:kim", "addr:a")
+    async with throttle.attempt("user:kim", "addr:a", clears="user:kim"):
+        pass  # the right password
+    await fail(throttle, "user:kim", "addr:a")
+    async with throttle.attempt("user:kim"):
+        pass
     with pytest.raises(TooManyAttempts):
-        throttle.check("addr:a")
+        async with throttle.attempt("addr:a"):
+            pass
+
+
+async def test_concurrent_attempts_reserve_their_place_before_the_check() -> None:
+    throttle = LoginThrottle(max_failures=3, window_seconds=60)
+    checking = 0
+    checked = []
+
+    async def guess() -> None:
+        nonlocal checking
+        async with throttle.attempt("user:kim") as attempt:
+            checking += 1
+            checked.append(checking)
+            await asyncio.sleep(0.01)  # a password check takes a while
+            checking -= 1
+            attempt.failed()
+
+    results = await asyncio.gather(*(guess() for _ in range(20)), return_exceptions=True)
+    assert len(checked) <= 3
+    assert sum(isinstance(r, TooManyAttempts) for r in results) >= 17
 
 
 async def test_the_settings_choose_the_hash_cost_and_a_change_upgrades_at_login(

@@ -406,7 +406,8 @@ def forged_credentials(
 ) -> dict[str, str]:
     """Tokens and keys that must all be refused, by what is wrong with them."""
     now = int(time.time())
-    good = {"sub": str(admin_id), "iat": now, "exp": now + 600, "jti": "j", "extras": {"ver": 0}}
+    subject = claims(valid)[1]["sub"]
+    good = {"sub": subject, "iat": now, "exp": now + 600, "jti": "j", "extras": {"ver": 0}}
     header, payload, signature = valid.split(".")
 
     def signed(claims: dict[str, Any], key: str = secret, alg: str = "HS256") -> str:
@@ -432,7 +433,8 @@ def forged_credentials(
         "no version": signed(without("extras")),
         "old version": signed({**good, "extras": {"ver": 7}}),
         "unknown user": signed({**good, "sub": "9999"}),
-        "non-numeric sub": signed({**good, "sub": ADMIN}),
+        "the user's id as sub (the old format)": signed({**good, "sub": str(admin_id)}),
+        "username as sub": signed({**good, "sub": ADMIN}),
         "tampered payload": f"{header}.{b64({**good, 'sub': '2'})}.{signature}",
         "tampered signature": f"{header}.{payload}.{signature[:-4]}AAAA",
         "no signature": f"{header}.{payload}.",

@@ -151,7 +151,8 @@ async def test_the_minute_slides_and_the_day_turns_at_utc_midnight(tmp_path: Pat
     await db.open()
     try:
         await db.execute(
-            "INSERT INTO users (id, username, password_hash, created_at) VALUES (1, 'u', 'x', 0)"
+            "INSERT INTO users (id, username, password_hash, created_at, subject)"
+            " VALUES (1, 'u', 'x', 0, 's')"
         )
         clock, wall = Clock(1000.0), Clock(1_795_651_190.0)  # 10 s before a UTC midnight
         limits = UsageLimits(db, requests_per_minute=2, tokens_per_day=10, clock=clock, wall=wall)

@@ -1,0 +1,112 @@
+"""Regression tests for the holes an attacker's probe of the service found (issue 12)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from app.accounts.passwords import Passwords
+from app.factory import create_app
+from tests.unit.conftest import ADMIN, ADMIN_PASSWORD, bearer, login, settings_for
+from tests.unit.fakes import FakeEngine
+
+BOB, BOB_PASSWORD = "bob", "bob-password-1"
+
+
+@pytest.fixture
+def verifications(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every password check the service makes, slowed down so that checks overlap."""
+    checked: list[str] = []
+    original = Passwords._verify
+
+    def counting(self: Passwords, stored_hash: str | None, password: str) -> bool:
+        checked.append(password)
+        time.sleep(0.02)
+        return original(self, stored_hash, password)
+
+    monkeypatch.setattr(Passwords, "_verify", counting)
+    return checked
+
+
+async def test_a_deleted_users_token_never_authenticates_the_next_account(tmp_path: Path) -> None:
+    app = create_app(settings_for(tmp_path), engine=FakeEngine())
+    async with AsyncTestClient(app=app) as client:
+        admin = bearer(await login(client, ADMIN, ADMIN_PASSWORD))
+        await client.post("/register", json={"username": BOB, "password": BOB_PASSWORD})
+        stale = bearer(await login(client, BOB, BOB_PASSWORD))
+        assert (await client.delete(f"/admin/users/{BOB}", headers=admin)).status_code == 204
+        created = await client.post(
+            "/admin/users",
+            json={"username": "second-admin", "password": "second-password", "is_admin": True},
+            headers=admin,
+        )
+        assert created.status_code == 201
+        assert (await client.get("/users/me", headers=stale)).status_code == 401
+        assert (await client.get("/admin/users", headers=stale)).status_code == 401
+
+
+async def test_guessing_the_current_password_is_throttled(
+    tmp_path: Path, verifications: list[str]
+) -> None:
+    app = create_app(settings_for(tmp_path, APP_LOGIN_MAX_FAILURES="3"), engine=FakeEngine())
+    async with AsyncTestClient(app=app) as client:
+        token = bearer(await login(client, ADMIN, ADMIN_PASSWORD))
+        key = (await client.post("/users/me/api-keys", json={"name": "k"}, headers=token)).json()
+        verifications.clear()
+        answers = [
+            await client.post(
+                "/users/me/password",
+                json={"current_password": f"guess-{i}", "new_password": "a-new-password"},
+                headers=bearer(key["key"]),
+            )
+            for i in range(6)
+        ]
+        assert [a.status_code for a in answers] == [400, 400, 400, 429, 429, 429]
+        assert answers[-1].json()["error"]["code"] == "too_many_login_attempts"
+        assert int(answers[-1].headers["retry-after"]) >= 1
+        assert len(verifications) == 3
+        # The right password is paused too while the window is full: that is the point.
+        paused = await client.post(
+            "/users/me/password",
+            json={"current_password": ADMIN_PASSWORD, "new_password": "a-new-password"},
+            headers=token,
+        )
+        assert paused.status_code == 429
+
+
+@pytest.mark.parametrize("username", ["root\n", "root\r\n", "\nroot", "ro\not"])
+async def test_a_username_with_a_line_break_is_refused(tmp_path: Path, username: str) -> None:
+    app = create_app(settings_for(tmp_path), engine=FakeEngine())
+    async with AsyncTestClient(app=app) as client:
+        response = await client.post(
+            "/register", json={"username": username, "password": BOB_PASSWORD}
+        )
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["param"] == "username"
+        admin = bearer(await login(client, ADMIN, ADMIN_PASSWORD))
+        created = await client.post(
+            "/admin/users", json={"username": username, "password": BOB_PASSWORD}, headers=admin
+        )
+        assert created.status_code == 400
+
+
+async def test_an_answer_is_delivered_when_its_usage_cannot_be_written(tmp_path: Path) -> None:
+    app = create_app(settings_for(tmp_path), engine=FakeEngine())
+    chat = {"model": "tinyllama-1.1b", "messages": [{"role": "user", "content": "hi"}]}
+    async with AsyncTestClient(app=app) as client:
+        admin = bearer(await login(client, ADMIN, ADMIN_PASSWORD))
+        db = app.state.db
+        await db.execute("PRAGMA query_only = ON")  # every write now fails, as on a full disk
+        answer = await client.post("/v1/chat/completions", json=chat, headers=admin)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["choices"][0]["message"]["content"] == " one two three four"
+        metrics = (await client.get("/metrics", headers=admin)).text
+        assert "llm_usage_write_failures_total 1.0" in metrics
+        await db.execute("PRAGMA query_only = OFF")  # space again: the held row goes in next
+        assert (await client.post("/v1/chat/completions", json=chat, headers=admin)).is_success
+        usage = (await client.get("/users/me/usage", headers=admin)).json()
+        assert usage["days"][0]["requests"] == 2
+        assert usage["days"][0]["completion_tokens"] == 8
