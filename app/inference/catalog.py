@@ -31,7 +31,7 @@ from msgspec import Meta
 from app.errors import ModelNotFound
 from app.settings import ConfigError, Settings
 
-MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$"
+MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$(?!\n)"
 ModelId = Annotated[str, Meta(pattern=MODEL_ID_PATTERN)]
 
 
@@ -40,8 +40,8 @@ class ModelEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
 
     id: ModelId
     aliases: tuple[ModelId, ...] = ()
-    repo: Annotated[str, Meta(pattern=r"^[\w.-]+/[\w.-]+$")] | None = None
-    file: Annotated[str, Meta(pattern=r"(?i)\.gguf$")] | None = None
+    repo: Annotated[str, Meta(pattern=r"^[\w.-]+/[\w.-]+$(?!\n)")] | None = None
+    file: Annotated[str, Meta(pattern=r"(?i)\.gguf$(?!\n)")] | None = None
     revision: Annotated[str, Meta(min_length=1)] = "main"
     path: Annotated[str, Meta(min_length=1)] | None = None
     context_size: Annotated[int, Meta(ge=16, le=1_048_576)] | None = None

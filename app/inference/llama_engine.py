@@ -27,23 +27,23 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import os
 import random
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-import jinja2
 import llama_cpp
 import numpy as np
 from llama_cpp import _internals as internals
-from llama_cpp import _logger as llama_cpp_logger
-from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from app.errors import EngineStopping, InvalidRequest, ModelUnavailable, QueueFull
+from app.inference.chat_templates import FALLBACK_CHAT_TEMPLATES, ChatTemplate
 from app.inference.engine import (
     ChatMessage,
     EngineStats,
@@ -55,29 +55,19 @@ from app.inference.engine import (
     TokenLogprob,
     TopLogprob,
 )
+from app.inference.llama_log import route_llama_log
 from app.inference.model_files import check_gguf
 from app.inference.text import StopMatcher, Utf8Stream
+from app.inference.tokenizer import Cancelled, Fragment, Tokenizer
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 # Repetition penalties look this many tokens back (llama.cpp's default).
 _PENALTY_WINDOW = 64
 # Tokens decoded per step at most; prompt chunks fill what generating sequences leave.
 _BATCH = 512
-
-# Chat formats for GGUFs that carry no template of their own.
-FALLBACK_CHAT_TEMPLATES = {
-    # TinyLlama-1.1B-Chat's format.
-    "zephyr": (
-        "{% for m in messages %}{{ '<|' + m['role'] + '|>\\n' + m['content'] + eos_token + '\\n' }}"
-        "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
-    ),
-    "chatml": (
-        "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + "
-        "'<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}"
-        "{{ '<|im_start|>assistant\\n' }}{% endif %}"
-    ),
-}
 
 # Events go to the request's asyncio queue: this marker first (a slot was found), then
 # TextDelta and Finished events, or an exception.
@@ -95,6 +85,8 @@ class _Request:
     outbox: list[tuple[_Request, object]]
     owner: object = None
     cancelled: threading.Event = field(default_factory=threading.Event)
+    grammar: Any = None
+    """The compiled grammar sampler, until the slot's sampler chain takes it over."""
 
     def emit(self, event: object) -> None:
         """Queues ``event``; the scheduler delivers a whole step's events in one wake-up."""
@@ -139,7 +131,12 @@ class LlamaEngine:
         self._vocab_size = int(model.n_vocab())
         self._max_queue = max_queue
         self._queue_timeout = queue_timeout
-        self._chat = self._chat_formatter(fallback_chat_format)
+        self._tokenizer = Tokenizer(model)
+        self._chat = self._chat_template(fallback_chat_format)
+        # Tokenizing, detokenizing and compiling grammars: off the event loop, off the
+        # scheduler's lock, and off the default thread pool that password hashing uses.
+        self._prep = ThreadPoolExecutor(max_workers=2, thread_name_prefix="llama-prep")
+        self._busy_slots = 0  # read without the lock by stats()
         self._end_tokens = {t for t in (model.token_eos(), model.token_eot()) if t >= 0}
         self._batch = internals.LlamaBatch(n_tokens=_BATCH, embd=0, n_seq_max=1, verbose=False)
         self._memory = llama_cpp.llama_get_memory(context.ctx)
@@ -184,16 +181,13 @@ class LlamaEngine:
             fallback_chat_format=fallback_chat_format,
         )
 
-    def _chat_formatter(self, fallback: str) -> Jinja2ChatFormatter:
+    def _chat_template(self, fallback: str) -> ChatTemplate:
         template = self._model.metadata().get("tokenizer.chat_template")
         if not template:
             logger.info("the model has no chat template; using the %s format", fallback)
             template = FALLBACK_CHAT_TEMPLATES[fallback]
-        eos, bos = self._model.token_eos(), self._model.token_bos()
-        return Jinja2ChatFormatter(
-            template=template,
-            eos_token=self._model.token_get_text(eos) if eos != -1 else "",
-            bos_token=self._model.token_get_text(bos) if bos != -1 else "",
+        return ChatTemplate(
+            template, bos_token=self._tokenizer.bos_text, eos_token=self._tokenizer.eos_text
         )
 
     # --- what the services ask -----------------------------------------------------------------
@@ -207,40 +201,49 @@ class LlamaEngine:
         return self._vocab_size
 
     def stats(self) -> EngineStats:
-        with self._lock:
-            busy = sum(slot.request is not None for slot in self._slots)
-            return EngineStats(slots=len(self._slots), busy=busy, waiting=len(self._waiting))
+        # No lock: /health must answer whatever the scheduler is doing.
+        return EngineStats(
+            slots=len(self._slots), busy=self._busy_slots, waiting=len(self._waiting)
+        )
 
-    # Tokenizing only reads the vocabulary, so it may run beside the scheduler.
+    async def _prepare(self, work: Callable[..., _T], *args: Any) -> _T:
+        """Runs ``work(*args, cancelled)`` on the preparation threads; if the caller is
+        cancelled (its client left), ``cancelled`` is set so the work can stop early."""
+        cancelled = threading.Event()
+        call = functools.partial(work, *args, cancelled)
+        future = asyncio.get_running_loop().run_in_executor(self._prep, call)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
 
     async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
-        return await asyncio.to_thread(self._tokenize, text, add_special)
+        return await self._prepare(self._tokenize, text, add_special)
 
-    def _tokenize(self, text: str, add_special: bool) -> list[int]:
-        tokens: list[int] = self._model.tokenize(text.encode("utf-8"), add_special, True)
-        return tokens
+    def _tokenize(self, text: str, add_special: bool, cancelled: threading.Event) -> list[int]:
+        return self._tokenizer.encode(
+            [Fragment(text, trusted=True)], add_special=add_special, cancelled=cancelled
+        )
 
     async def detokenize(self, tokens: Sequence[int]) -> str:
-        return await asyncio.to_thread(self._detokenize, list(tokens))
+        return await self._prepare(self._detokenize, list(tokens))
 
-    def _detokenize(self, tokens: list[int]) -> str:
-        text: bytes = self._model.detokenize(tokens)
-        return text.decode("utf-8", errors="replace")
+    def _detokenize(self, tokens: list[int], _: threading.Event) -> str:
+        return self._tokenizer.decode(tokens)
 
     async def tokenize_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
-        return await asyncio.to_thread(self._tokenize_chat, messages)
-
-    def _tokenize_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
-        turns: list[Any] = [{"role": m.role, "content": m.content} for m in messages]
         try:
-            prompt = self._chat(messages=turns).prompt
-        except (jinja2.TemplateError, ValueError) as exc:
-            raise InvalidRequest(
-                f"The model's chat template refused these messages: {exc}", param="messages"
-            ) from None
-        # Templates that write the BOS token themselves must not get a second one.
-        bos = self._chat.bos_token
-        return self._tokenize(prompt, add_special=not (bos and prompt.startswith(bos)))
+            return await self._prepare(self._tokenize_chat, messages)
+        except Cancelled:
+            raise asyncio.CancelledError() from None
+
+    def _tokenize_chat(
+        self, messages: Sequence[ChatMessage], cancelled: threading.Event
+    ) -> list[int]:
+        # What users wrote stays text, even where it spells a control token.
+        fragments = self._chat.fragments(messages)
+        return self._tokenizer.encode(fragments, cancelled=cancelled)
 
     async def generate(
         self, prompt_tokens: Sequence[int], params: SamplingParams, *, owner: object = None
@@ -249,8 +252,11 @@ class LlamaEngine:
         request = _Request(
             list(prompt_tokens), params, asyncio.get_running_loop(), events, self._outbox, owner
         )
-        self._enqueue(request)
+        if params.grammar is not None:
+            # Compiled here, so that a slow grammar holds up nobody else.
+            request.grammar = await self._prepare(self._compile_grammar, params.grammar)
         try:
+            self._enqueue(request)
             await self._wait_for_slot(request, events)
             while True:
                 event = await events.get()
@@ -265,6 +271,18 @@ class LlamaEngine:
             with self._lock:  # gone before it got a slot: free its place in the queue now
                 if request in self._waiting:
                     self._waiting.remove(request)
+                grammar, request.grammar = request.grammar, None
+            if grammar is not None:  # never admitted: the grammar is still this request's
+                llama_cpp.llama_sampler_free(grammar)
+
+    def _compile_grammar(self, grammar: str, _: threading.Event) -> Any:
+        compiled = llama_cpp.llama_sampler_init_grammar(self._vocab, grammar.encode(), b"root")
+        if not compiled:  # llama.cpp could not parse it; adding NULL to a chain would crash
+            raise InvalidRequest(
+                "The requested output format could not be compiled into a grammar.",
+                param="response_format",
+            )
+        return compiled
 
     def _enqueue(self, request: _Request) -> None:
         with self._lock:
@@ -308,6 +326,7 @@ class LlamaEngine:
             self._stopping = True
             self._lock.notify_all()
         await asyncio.to_thread(self._thread.join)
+        self._prep.shutdown(wait=True, cancel_futures=True)
         self._batch.close()
         self._ctx.close()
         self._model.close()
@@ -401,7 +420,8 @@ class LlamaEngine:
 
     def _start(self, slot: _Slot, request: _Request) -> None:
         params = request.params
-        slot.sampler = self._sampler(params)
+        grammar, request.grammar = request.grammar, None
+        slot.sampler = self._sampler(params, grammar)
         # Keep the cached prefix, but evaluate at least the last prompt token again so that
         # there are fresh logits to sample the first token from.
         keep = min(_common_prefix(slot.cached, request.prompt), len(request.prompt) - 1)
@@ -410,6 +430,7 @@ class LlamaEngine:
             llama_cpp.llama_memory_seq_rm(self._memory, slot.seq, -1, -1)
         slot.cached = slot.cached[:keep]
         slot.request = request
+        self._busy_slots += 1
         slot.prefilled = keep
         slot.max_tokens = min(params.max_tokens, self._context_size - len(request.prompt))
         slot.generated = 0
@@ -546,6 +567,8 @@ class LlamaEngine:
             llama_cpp.llama_memory_seq_rm(self._memory, slot.seq, -1, -1)
             slot.cached = []
         with self._lock:
+            if slot.request is not None:
+                self._busy_slots -= 1
             slot.sampler, slot.request = None, None
             self._lock.notify_all()  # close() may be waiting for the engine to go idle
 
@@ -553,8 +576,9 @@ class LlamaEngine:
         piece: bytes = self._model.detokenize([token])
         return piece
 
-    def _sampler(self, params: SamplingParams) -> internals.LlamaSampler:
-        """A fresh sampler chain for one generation, in llama.cpp's usual order."""
+    def _sampler(self, params: SamplingParams, grammar: Any = None) -> internals.LlamaSampler:
+        """A fresh sampler chain for one generation, in llama.cpp's usual order; it takes over
+        ``grammar`` (a compiled grammar sampler)."""
         sampler = internals.LlamaSampler()
         bias = dict(params.logit_bias)
         if params.ignore_eos:
@@ -569,16 +593,7 @@ class LlamaEngine:
                 params.frequency_penalty,
                 params.presence_penalty,
             )
-        if params.grammar is not None:
-            grammar = llama_cpp.llama_sampler_init_grammar(
-                self._vocab, params.grammar.encode(), b"root"
-            )
-            if not grammar:  # llama.cpp could not parse it; adding NULL would crash
-                sampler.close()
-                raise InvalidRequest(
-                    "The requested output format could not be compiled into a grammar.",
-                    param="response_format",
-                )
+        if grammar is not None:
             llama_cpp.llama_sampler_chain_add(sampler.sampler, grammar)
         if params.temperature <= 0:
             sampler.add_greedy()
@@ -642,8 +657,7 @@ def _load(
 ) -> tuple[internals.LlamaModel, internals.LlamaContext]:
     check_gguf(path)
     llama_cpp.llama_backend_init()
-    # llama.cpp logs every load step to stderr; keep only its errors, as Llama(verbose=False).
-    llama_cpp_logger.set_verbose(False)
+    route_llama_log()
     try:
         model = internals.LlamaModel(
             path_model=str(path), params=llama_cpp.llama_model_default_params(), verbose=False

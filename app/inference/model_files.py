@@ -41,7 +41,7 @@ from app.inference.progress import DownloadProgress
 logger = logging.getLogger(__name__)
 
 GGUF_MAGIC = b"GGUF"
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
 _HOW_TO_AUTHENTICATE = (
     "set HUGGINGFACE_TOKEN (or HF_TOKEN) to a token from https://huggingface.co/settings/tokens"
 )

@@ -36,6 +36,9 @@ MAX_PROMPTS = 64
 # Prompts times n: each choice is one generation, and they share one engine.
 MAX_CHOICES_PER_REQUEST = 64
 MAX_TOP_LOGPROBS = 20
+# Messages in one chat request: far more than fits any context, and a bound on the rendering
+# and tokenizing a request can cause before its length is known.
+MAX_MESSAGES = 4096
 # Far beyond any context window; a larger max_tokens is a mistake, not a request to clamp.
 MAX_TOKENS = 1 << 24
 
@@ -302,7 +305,7 @@ ResponseFormat = TextFormat | JsonObjectFormat | JsonSchemaFormat
 class ChatCompletionRequest(_Sampling, kw_only=True):
     """``POST /v1/chat/completions``."""
 
-    messages: Annotated[list[Message], Meta(min_length=1)]
+    messages: Annotated[list[Message], Meta(min_length=1, max_length=MAX_MESSAGES)]
     logprobs: bool | None = None
     top_logprobs: Annotated[int, Meta(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
     max_completion_tokens: (

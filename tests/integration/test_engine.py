@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from app.errors import InvalidRequest, ModelUnavailable
-from app.inference.engine import Finished, SamplingParams, TextDelta
-from app.inference.llama_engine import FALLBACK_CHAT_TEMPLATES, LlamaEngine
+from app.inference.chat_templates import FALLBACK_CHAT_TEMPLATES, ChatTemplate
+from app.inference.engine import ChatMessage, Finished, SamplingParams, TextDelta
+from app.inference.llama_engine import LlamaEngine
 
 
 @pytest.fixture
@@ -72,14 +71,9 @@ async def test_max_tokens_is_clamped_to_the_context(engine: LlamaEngine) -> None
 
 def test_the_fallback_chat_format_is_zephyr() -> None:
     """What a GGUF without a chat template gets (TinyLlama-Chat's own format)."""
-    formatter = Jinja2ChatFormatter(
-        template=FALLBACK_CHAT_TEMPLATES["zephyr"], eos_token="</s>", bos_token="<s>"
-    )
-    messages: list[Any] = [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "Hi"},
-    ]
-    assert formatter(messages=messages).prompt == (
+    template = ChatTemplate(FALLBACK_CHAT_TEMPLATES["zephyr"], eos_token="</s>", bos_token="<s>")
+    messages = [ChatMessage("system", "Be brief."), ChatMessage("user", "Hi")]
+    assert template.render(messages) == (
         "<|system|>\nBe brief.</s>\n<|user|>\nHi</s>\n<|assistant|>\n"
     )
 

@@ -251,7 +251,7 @@ async def test_errors_found_before_generating_are_plain_http_errors_when_streami
                     "json_schema": {"name": "x", "schema": {"$ref": "#/nowhere"}},
                 },
             },
-            "response_format.json_schema",
+            "response_format.json_schema.schema",
         ),
         ({**CHAT, "stream_options": {"include_usage": True}}, "stream_options"),
         ({**CHAT, "n": 17}, "n"),
