@@ -25,13 +25,19 @@ import uvicorn
 
 from app.accounts.models import NewUser, UserUpdate
 from app.accounts.service import AccountService, AdminBootstrapError
-from app.db import Database, SchemaTooNew
+from app.db import Database, DatabaseUnavailable, SchemaTooNew
 from app.errors import ModelNotFound, ServiceError
 from app.factory import account_service, create_app, database_path, prepare_accounts
 from app.inference import commands
 from app.inference.catalog import load_catalog
 from app.inference.host import ModelHost, ModelState
 from app.settings import ConfigError, Settings
+from app.system.connections import (
+    BACKLOG,
+    QuietAcceptErrors,
+    connection_cap,
+    http_protocol,
+)
 from app.system.logs import configure_logging
 
 logger = logging.getLogger("app")
@@ -59,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, SchemaTooNew, AdminBootstrapError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except DatabaseUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except ModelNotFound as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
@@ -128,10 +137,17 @@ async def serve(settings: Settings) -> int:
         await db.close()
 
     host: ModelHost = app.state.host
+    logging.getLogger("asyncio").addFilter(QuietAcceptErrors())
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
+        # Slow or endless request headers and connection floods are cut off (slowloris).
+        http=http_protocol(
+            header_timeout=settings.header_timeout,
+            max_connections=connection_cap(settings.max_connections),
+        ),
+        backlog=BACKLOG,
         log_config=None,
         access_log=False,  # app.access writes one richer line per request
         lifespan="on",

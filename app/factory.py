@@ -22,9 +22,10 @@ from app.accounts.controllers import (
     MeController,
 )
 from app.accounts.passwords import Passwords
-from app.accounts.security import LoginThrottle, bearer_auth, resolve_jwt_secret
+from app.accounts.security import bearer_auth, resolve_jwt_secret
 from app.accounts.service import AccountService
 from app.accounts.store import AccountStore
+from app.accounts.throttle import LoginThrottle
 from app.accounts.usage import UsageLimits
 from app.db import Database
 from app.errors import exception_handlers, require_json_body
@@ -36,6 +37,7 @@ from app.openai.protocol import SamplingDefaults
 from app.openai.serving import OpenAIService
 from app.settings import Settings
 from app.system.access import RequestContext
+from app.system.disconnect import CancelOnDisconnect
 from app.system.docs import RENDER_PLUGINS, SCHEMA_PATH, docs_handlers, document_streaming
 from app.system.health import health
 from app.system.metrics import Metrics, metrics_endpoint, serve_metrics
@@ -110,6 +112,7 @@ def create_app(
         requests_per_minute=settings.requests_per_minute,
         tokens_per_day=settings.tokens_per_day,
         concurrent=settings.concurrent_per_user,
+        on_write_failure=metrics.usage_write_failures.inc,
     )
     service = OpenAIService(
         host,
@@ -130,6 +133,8 @@ def create_app(
             await prepare_accounts(settings, accounts)
             yield
         finally:
+            if not await usage.flush():
+                logger.error("%d usage rows could not be written before shutdown", usage.held)
             await db.close()
 
     @contextlib.asynccontextmanager
@@ -196,8 +201,9 @@ def create_app(
         logging_config=None,
     )
     document_streaming(app.openapi_schema)
-    # Outermost: request ids, access lines and HTTP metrics see every request, 404s included.
-    app.asgi_handler = RequestContext(app.asgi_handler, metrics)
+    # Outermost: request ids, access lines and HTTP metrics see every request, 404s included;
+    # inside it, a request whose client left before its answer is cancelled.
+    app.asgi_handler = RequestContext(CancelOnDisconnect(app.asgi_handler), metrics)
     app.state.host = host
     app.state.metrics = metrics
     app.state.usage = usage  # the rate-limit guard finds it here

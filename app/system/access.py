@@ -20,6 +20,9 @@ from app.system.metrics import Metrics
 logger = logging.getLogger("app.access")
 
 REQUEST_ID_HEADER = "x-request-id"
+CLIENT_CLOSED = 499
+"""The status the access line and metrics give a request its client left before the answer
+(nginx's convention)."""
 
 
 class RequestContext:
@@ -55,6 +58,8 @@ class RequestContext:
         try:
             await self._app(scope, receive, send_with_id)
         finally:
+            if log.error_code == "client_closed":
+                status = CLIENT_CLOSED
             seconds = time.perf_counter() - log.started
             user = getattr(scope.get("user"), "username", None)
             ttft = log.ttft

@@ -24,7 +24,7 @@ import msgspec
 
 LogFormat = Literal["auto", "json", "text"]
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}\Z")
 
 
 @dataclass

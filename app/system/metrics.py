@@ -92,6 +92,12 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.usage_write_failures = Counter(
+            "llm_usage_write_failures",
+            "Times the usage ledger could not be written (its rows are held in memory and "
+            "written later).",
+            registry=self.registry,
+        )
         self.registry.register(_EngineCollector(stats))
 
     def generation(

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import resource
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
 
 import httpx
 import uvicorn
@@ -82,3 +88,101 @@ def served(app: Litestar) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=30)
         sock.close()
+
+
+# --- `python -m app` in a subprocess, as a user runs it ------------------------------------
+
+REPO, FILE = "test-org/SmolLM2-135M-Instruct-GGUF", "smollm2-135m-instruct.q4_1.gguf"
+ADMIN_PASSWORD = "cli-admin-password"
+
+
+def app_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
+    """A clean environment: no APP_* or HF_* from the developer's shell leaks in."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("APP_", "HF_", "HUGGINGFACE_", "JWT_"))
+        and k not in ("ALGORITHM", "ACCESS_TOKEN_EXPIRE_MINUTES")
+    }
+    env.update(
+        APP_DATA_DIR=str(tmp_path / "data"),
+        APP_ADMIN_PASSWORD=ADMIN_PASSWORD,
+        APP_PASSWORD_HASH_MEMORY_KIB="1024",
+        APP_PASSWORD_HASH_TIME_COST="1",
+        HF_HUB_CACHE=str(tmp_path / "hub"),
+        HF_HUB_DISABLE_TELEMETRY="1",
+        APP_HOST="127.0.0.1",
+        APP_CONTEXT_SIZE="256",
+        # Per-user limits are tested where they are the point (test_faults.py, unit tests).
+        APP_REQUESTS_PER_MINUTE="0",
+        APP_CONCURRENT_PER_USER="0",
+    )
+    env.update(overrides)
+    return env
+
+
+def run_app(
+    tmp_path: Path, *args: str, stdin: str = "", **env: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args],
+        env=app_env(tmp_path, **env),
+        cwd=tmp_path,  # no stray .env
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def serving(tmp_path: Path, **env: str) -> AbstractContextManager[tuple[str, Popen]]:
+    """``python -m app serve`` until healthy; on leaving, SIGTERM and a check of a clean exit."""
+    return serving_limited(tmp_path, env, descriptors=None)
+
+
+Popen = subprocess.Popen[bytes]
+
+
+@contextmanager
+def serving_limited(
+    tmp_path: Path, env: dict[str, str], *, descriptors: int | None
+) -> Iterator[tuple[str, Popen]]:
+    """``serving``, with the process's open files capped at ``descriptors`` (``ulimit -n``)."""
+    with starting(tmp_path, env, descriptors=descriptors) as (url, process):
+        wait_healthy(url)
+        yield url, process
+
+
+@contextmanager
+def starting(
+    tmp_path: Path, env: dict[str, str], *, descriptors: int | None = None
+) -> Iterator[tuple[str, Popen]]:
+    """``python -m app serve`` started, not waited for; on leaving, SIGTERM and a check of a
+    clean exit."""
+    port = free_port()
+    log = tmp_path / f"serve-{port}.log"  # a file, not a pipe: a full pipe would block the server
+
+    def limit() -> None:
+        if descriptors is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (descriptors, descriptors))
+
+    with log.open("w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app", "serve"],
+            env=app_env(tmp_path, APP_PORT=str(port), **env),
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            preexec_fn=limit,
+        )
+        try:
+            yield f"http://127.0.0.1:{port}", process
+        finally:
+            process.send_signal(signal.SIGTERM)  # a no-op if the test already stopped it
+            process.wait(timeout=300)
+    output = log.read_text()
+    # uvicorn shuts down gracefully, then re-raises SIGTERM so supervisors see it.
+    assert process.returncode in (0, -signal.SIGTERM), output
+    assert "Application shutdown complete" in output
+    assert "Traceback" not in output, output

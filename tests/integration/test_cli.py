@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
-import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -17,77 +12,15 @@ from argon2 import PasswordHasher
 
 from app.settings import DEFAULT_MODEL_REVISION
 from tests.hubserver import serve_hub
-from tests.integration.support import access_token, free_port, wait_healthy
-
-REPO, FILE = "test-org/SmolLM2-135M-Instruct-GGUF", "smollm2-135m-instruct.q4_1.gguf"
-ADMIN_PASSWORD = "cli-admin-password"
-
-
-def app_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
-    """A clean environment: no APP_* or HF_* from the developer's shell leaks in."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("APP_", "HF_", "HUGGINGFACE_", "JWT_"))
-        and k not in ("ALGORITHM", "ACCESS_TOKEN_EXPIRE_MINUTES")
-    }
-    env.update(
-        APP_DATA_DIR=str(tmp_path / "data"),
-        APP_ADMIN_PASSWORD=ADMIN_PASSWORD,
-        APP_PASSWORD_HASH_MEMORY_KIB="1024",
-        APP_PASSWORD_HASH_TIME_COST="1",
-        HF_HUB_CACHE=str(tmp_path / "hub"),
-        HF_HUB_DISABLE_TELEMETRY="1",
-        APP_HOST="127.0.0.1",
-        APP_CONTEXT_SIZE="256",
-        # Per-user limits are tested where they are the point (test_faults.py, unit tests).
-        APP_REQUESTS_PER_MINUTE="0",
-        APP_CONCURRENT_PER_USER="0",
-    )
-    env.update(overrides)
-    return env
-
-
-def run_app(
-    tmp_path: Path, *args: str, stdin: str = "", **env: str
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "app", *args],
-        env=app_env(tmp_path, **env),
-        cwd=tmp_path,  # no stray .env
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
-@contextmanager
-def serving(tmp_path: Path, **env: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """``python -m app serve`` until healthy; on leaving, SIGTERM and a check of a clean exit."""
-    port = free_port()
-    log = tmp_path / f"serve-{port}.log"  # a file, not a pipe: a full pipe would block the server
-    with log.open("w") as stderr:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "app", "serve"],
-            env=app_env(tmp_path, APP_PORT=str(port), **env),
-            cwd=tmp_path,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_healthy(url)
-            yield url, process
-        finally:
-            process.send_signal(signal.SIGTERM)  # a no-op if the test already stopped it
-            process.wait(timeout=300)
-    output = log.read_text()
-    # uvicorn shuts down gracefully, then re-raises SIGTERM so supervisors see it.
-    assert process.returncode in (0, -signal.SIGTERM), output
-    assert "Application shutdown complete" in output
-    assert "Traceback" not in output, output
+from tests.integration.support import (
+    ADMIN_PASSWORD,
+    FILE,
+    REPO,
+    access_token,
+    free_port,
+    run_app,
+    serving,
+)
 
 
 def test_bad_configuration_stops_the_start_naming_the_variable(tmp_path: Path) -> None:

@@ -17,8 +17,14 @@ from pathlib import Path
 
 import httpx
 
-from tests.integration.support import access_token, free_port, wait_healthy
-from tests.integration.test_cli import ADMIN_PASSWORD, app_env, serving
+from tests.integration.support import (
+    ADMIN_PASSWORD,
+    access_token,
+    app_env,
+    free_port,
+    serving,
+    wait_healthy,
+)
 
 
 @contextmanager

@@ -9,8 +9,7 @@ from typing import Any
 import httpx
 import openai
 
-from tests.integration.support import access_token, new_api_key
-from tests.integration.test_cli import ADMIN_PASSWORD, serving
+from tests.integration.support import ADMIN_PASSWORD, access_token, new_api_key, serving
 
 SECRET_PASSWORD = "carol-secret-password-1"
 WRONG_PASSWORD = "carol-wrong-password-2"

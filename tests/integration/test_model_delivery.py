@@ -18,8 +18,16 @@ import pytest
 
 from app.settings import DEFAULT_MODEL_REVISION
 from tests.hubserver import serve_hub
-from tests.integration.support import access_token, free_port
-from tests.integration.test_cli import ADMIN_PASSWORD, FILE, REPO, app_env, run_app, serving
+from tests.integration.support import (
+    ADMIN_PASSWORD,
+    FILE,
+    REPO,
+    access_token,
+    app_env,
+    free_port,
+    run_app,
+    serving,
+)
 
 HUB_MODEL = {"APP_MODEL_REPO": REPO, "APP_MODEL_FILE": FILE, "APP_MODEL_NAME": "smol"}
 
