@@ -29,7 +29,9 @@ import msgspec
 from msgspec import Meta
 
 from app.errors import ModelNotFound
-from app.settings import ConfigError, Settings
+from app.inference.engine import EngineConfig
+from app.settings import ConfigError
+from app.validation import describe
 
 MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$(?!\n)"
 ModelId = Annotated[str, Meta(pattern=MODEL_ID_PATTERN)]
@@ -78,7 +80,7 @@ class ModelSpec(ModelEntry, frozen=True, kw_only=True):
             return self.path
         return f"{self.file} from {self.repo}@{self.revision}"
 
-    def settings(self, base: Settings) -> Settings:
+    def engine_config(self, base: EngineConfig) -> EngineConfig:
         """``base`` with this model's own context size and slot count applied."""
         return msgspec.structs.replace(
             base,
@@ -112,21 +114,12 @@ class Catalog:
         raise ModelNotFound(name)
 
 
-def load_catalog(settings: Settings) -> Catalog:
-    """The models to serve; raises ``ConfigError`` with one sentence for a bad models file."""
-    if settings.models_file is None:
-        return Catalog(
-            (
-                ModelSpec(
-                    id=settings.model_name,
-                    repo=None if settings.model_path else settings.model_repo,
-                    file=None if settings.model_path else settings.model_file,
-                    revision=settings.model_revision,
-                    path=settings.model_path,
-                ),
-            )
-        )
-    where = Path(settings.models_file).expanduser()
+def load_catalog(models_file: str | None, single: ModelSpec) -> Catalog:
+    """The models to serve: those of ``models_file`` (``APP_MODELS_FILE``), else ``single``;
+    raises ``ConfigError`` with one sentence for a bad models file."""
+    if models_file is None:
+        return Catalog((single,))
+    where = Path(models_file).expanduser()
     try:
         raw = tomllib.loads(where.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -136,7 +129,7 @@ def load_catalog(settings: Settings) -> Catalog:
     try:
         models = msgspec.convert(raw, _ModelsFile).models
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"APP_MODELS_FILE {where}: {_where(exc)}") from None
+        raise ConfigError(f"APP_MODELS_FILE {where}: {describe(exc)}") from None
     if not models:
         raise ConfigError(f"APP_MODELS_FILE {where} lists no models; add a [[models]] table.")
     seen: set[str] = set()
@@ -157,10 +150,3 @@ def load_catalog(settings: Settings) -> Catalog:
             spec = msgspec.structs.replace(spec, path=str(path))
         specs.append(spec)
     return Catalog(tuple(specs))
-
-
-def _where(exc: msgspec.ValidationError) -> str:
-    """msgspec's ``... - at `$.models[1].id``` as ``models[1].id: ...``."""
-    message = str(exc)
-    detail, sep, at = message.rpartition(" - at `$.")
-    return f"{at.rstrip('`')}: {detail}" if sep else message

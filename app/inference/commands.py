@@ -9,20 +9,19 @@ from huggingface_hub import scan_cache_dir
 from huggingface_hub.errors import CacheNotFound
 
 from app.errors import ModelUnavailable
-from app.inference.catalog import Catalog, load_catalog
+from app.inference.catalog import Catalog
 from app.inference.model_files import cached_file, resolve_model_file
 from app.inference.progress import DownloadProgress
-from app.settings import Settings
 
 
-def pull(settings: Settings, names: list[str]) -> int:
-    """Downloads and checks the named models' files (all configured ones by default)."""
-    catalog = load_catalog(settings)
+def pull(catalog: Catalog, names: list[str], *, token: str | None, log_every: float) -> int:
+    """Downloads and checks the named models' files (all configured ones by default), with the
+    Hub ``token``, logging progress every ``log_every`` seconds off a terminal."""
     specs = [catalog.find(name) for name in names] if names else list(catalog.models)
     for spec in specs:
-        progress = DownloadProgress(spec.file or spec.id, log_every=settings.download_log_seconds)
+        progress = DownloadProgress(spec.file or spec.id, log_every=log_every)
         try:
-            path = resolve_model_file(spec, token=settings.huggingface_token, progress=progress)
+            path = resolve_model_file(spec, token=token, progress=progress)
         except ModelUnavailable as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
@@ -30,9 +29,8 @@ def pull(settings: Settings, names: list[str]) -> int:
     return 0
 
 
-def list_models(settings: Settings) -> int:
+def list_models(catalog: Catalog) -> int:
     """Prints the configured models and whether each file is here, then other cached GGUFs."""
-    catalog = load_catalog(settings)
     print("configured models (the first is the default):")
     for spec in catalog.models:
         path = cached_file(spec)

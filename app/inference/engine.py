@@ -1,7 +1,8 @@
 """The engine interface: what the services above need from a text generator.
 
-The serial llama.cpp engine implements it today; a batching scheduler can replace it without the
-services or controllers changing. Nothing here knows about HTTP.
+``LlamaEngine`` implements it with continuous batching on llama.cpp; tests of the code above it
+use a scripted fake. Nothing here knows about HTTP or the service's settings: an engine gets an
+``EngineConfig`` built at the wiring point.
 """
 
 from __future__ import annotations
@@ -12,6 +13,23 @@ from typing import Literal, Protocol
 import msgspec
 
 FinishReason = Literal["stop", "length"]
+
+
+class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """How to run one model's engine."""
+
+    context_size: int
+    """Tokens each sequence's context holds: prompt plus completion."""
+    parallel: int = 1
+    """Sequences generated at once (slots)."""
+    threads: int | None = None
+    """CPU threads for llama.cpp; None: all cores."""
+    max_queue: int = 16
+    """Requests that may wait for a slot."""
+    queue_timeout: float = 60.0
+    """Seconds a request may wait for a slot."""
+    chat_format_fallback: str = "zephyr"
+    """The chat format for a GGUF without a template of its own."""
 
 
 class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):

@@ -10,6 +10,7 @@ is never unloaded under a request in flight: the load waits for one to become fr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import time
@@ -17,16 +18,31 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import msgspec
+
 from app.errors import EngineStopping, ModelNotReady, ModelUnavailable, QueueFull
 from app.inference.catalog import Catalog, ModelSpec
-from app.inference.engine import Engine, EngineStats
+from app.inference.engine import Engine, EngineConfig, EngineStats
+from app.inference.llama_engine import LlamaEngine
 from app.inference.model_files import resolve_model_file
 from app.inference.progress import DownloadProgress
-from app.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-EngineLoader = Callable[[Path, Settings], Awaitable[Engine]]
+EngineLoader = Callable[[Path, EngineConfig], Awaitable[Engine]]
+
+
+class HostConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """How the host fetches, loads and unloads models."""
+
+    engine: EngineConfig
+    """Every model's engine settings, unless its catalogue entry overrides them."""
+    max_loaded_models: int = 1
+    queue_timeout: float = 60.0
+    """Seconds a load may wait for a loaded model to become free."""
+    shutdown_grace: float = 30.0
+    download_log_seconds: float = 5.0
+    huggingface_token: str | None = None
 
 
 class ModelState(enum.StrEnum):
@@ -40,33 +56,21 @@ class ModelState(enum.StrEnum):
     FAILED = "failed"
 
 
-async def load_llama_engine(path: Path, settings: Settings) -> Engine:
+async def load_llama_engine(path: Path, config: EngineConfig) -> Engine:
     """The default loader: llama.cpp over the GGUF at ``path``."""
-    from app.inference.llama_engine import LlamaEngine  # keeps llama_cpp out of unit tests
-
-    return await LlamaEngine.load(
-        path,
-        context_size=settings.context_size,
-        threads=settings.threads,
-        parallel=settings.parallel,
-        max_queue=settings.max_queue,
-        queue_timeout=settings.queue_timeout,
-        fallback_chat_format=settings.chat_format_fallback,
-    )
+    return await LlamaEngine.load(path, config)
 
 
 class HostedModel:
     """One configured model: its state, its file, its engine while loaded."""
 
-    def __init__(self, spec: ModelSpec, settings: Settings) -> None:
+    def __init__(self, spec: ModelSpec, download_log_seconds: float) -> None:
         self.spec = spec
         self.state = ModelState.STARTING
         self.error: str | None = None
         self.path: Path | None = None
         self.engine: Engine | None = None
-        self.progress = DownloadProgress(
-            spec.file or spec.id, log_every=settings.download_log_seconds
-        )
+        self.progress = DownloadProgress(spec.file or spec.id, log_every=download_log_seconds)
         self.leases = 0
         self.last_used = 0.0
 
@@ -104,16 +108,18 @@ class ModelHost:
 
     def __init__(
         self,
-        settings: Settings,
+        config: HostConfig,
         catalog: Catalog,
         *,
         engine: Engine | None = None,
         loader: EngineLoader = load_llama_engine,
     ) -> None:
         self.catalog = catalog
-        self._settings = settings
+        self._config = config
         self._loader = loader
-        self.models = {spec.id: HostedModel(spec, settings) for spec in catalog.models}
+        self.models = {
+            spec.id: HostedModel(spec, config.download_log_seconds) for spec in catalog.models
+        }
         self.state = ModelState.STARTING
         self.error: str | None = None
         self.stopping = False
@@ -139,6 +145,19 @@ class ModelHost:
         return self.models[self.catalog.default.id]
 
     # --- start-up ------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def lifespan(self, _: object) -> AsyncIterator[None]:
+        """The app's lifespan: the server answers (health: 503 with the state) while the models
+        download and the default one loads; at the end the engines drain and close."""
+        loading = asyncio.create_task(self.start(), name="load-model")
+        try:
+            yield
+        finally:
+            loading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loading
+            await self.close()
 
     async def start(self) -> None:
         """Fetches every model's file and loads the default one; a failure stops the start."""
@@ -167,7 +186,7 @@ class ModelHost:
             model.path = await asyncio.to_thread(
                 resolve_model_file,
                 model.spec,
-                token=self._settings.huggingface_token,
+                token=self._config.huggingface_token,
                 progress=model.progress,
             )
         except ModelUnavailable as exc:
@@ -220,10 +239,10 @@ class ModelHost:
 
     async def _make_room(self, wanted: HostedModel) -> None:
         """Unloads least recently used idle models until ``wanted`` fits (lock held)."""
-        deadline = time.monotonic() + self._settings.queue_timeout
+        deadline = time.monotonic() + self._config.queue_timeout
         while True:
             loaded = [m for m in self.models.values() if m.engine is not None]
-            if len(loaded) < self._settings.max_loaded_models:
+            if len(loaded) < self._config.max_loaded_models:
                 return
             idle = [m for m in loaded if m.leases == 0]
             if idle:
@@ -234,14 +253,16 @@ class ModelHost:
             try:
                 await asyncio.wait_for(self._released.wait(), deadline - time.monotonic())
             except TimeoutError:
-                raise QueueFull(retry_after=max(1, int(self._settings.queue_timeout / 4))) from None
+                raise QueueFull(retry_after=max(1, int(self._config.queue_timeout / 4))) from None
 
     async def _load(self, model: HostedModel) -> None:
         assert model.path is not None
         model.state = ModelState.LOADING
         logger.info("loading %r from %s", model.id, model.path)
         try:
-            model.engine = await self._loader(model.path, model.spec.settings(self._settings))
+            model.engine = await self._loader(
+                model.path, model.spec.engine_config(self._config.engine)
+            )
         except ModelUnavailable as exc:
             model.state, model.error = ModelState.UNLOADED, str(exc)
             raise
@@ -292,5 +313,5 @@ class ModelHost:
                 engines.append(model.engine)
                 model.engine, model.state = None, ModelState.UNLOADED
         await asyncio.gather(
-            *(engine.close(grace=self._settings.shutdown_grace) for engine in engines)
+            *(engine.close(grace=self._config.shutdown_grace) for engine in engines)
         )

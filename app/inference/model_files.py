@@ -236,11 +236,8 @@ def _intact(path: Path) -> bool:
     expected = path.resolve().name
     if not _SHA256.match(expected):
         return True
-    digest = hashlib.sha256()
     with path.open("rb") as f:
-        while block := f.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest() == expected
+        return hashlib.file_digest(f, "sha256").hexdigest() == expected
 
 
 def _discard(path: Path) -> None:

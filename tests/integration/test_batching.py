@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from app.errors import EngineStopping, QueueFull
-from app.inference.engine import Finished, SamplingParams, TextDelta
+from app.inference.engine import EngineConfig, Finished, SamplingParams, TextDelta
 from app.inference.llama_engine import LlamaEngine
 
 PROMPTS = [
@@ -24,10 +25,10 @@ PROMPTS = [
 ]
 
 
-async def load(model_file: Path, **kwargs: object) -> LlamaEngine:
-    params: dict[str, object] = {"context_size": 2048, "threads": 2, "parallel": 8}
+async def load(model_file: Path, **kwargs: Any) -> LlamaEngine:
+    params: dict[str, Any] = {"context_size": 2048, "threads": 2, "parallel": 8}
     params.update(kwargs)
-    return await LlamaEngine.load(model_file, **params)  # type: ignore[arg-type]
+    return await LlamaEngine.load(model_file, EngineConfig(**params))
 
 
 @pytest.fixture
@@ -97,7 +98,7 @@ async def test_a_sequence_moved_to_close_a_gap_carries_on_unchanged(model_file: 
     engine = await load(model_file, parallel=3)
 
     def running_seqs() -> set[int]:
-        return {slot.seq for slot in engine._slots if slot.request is not None}
+        return {slot.seq for slot in engine._scheduler._slots if slot.request is not None}
 
     try:
         first = asyncio.create_task(complete(engine, PROMPTS[0], max_tokens=1000, ignore_eos=True))
@@ -251,12 +252,12 @@ async def test_a_new_request_reuses_the_slot_holding_its_prefix(
     await asyncio.gather(complete(engine, system + "Hi"), complete(engine, "Unrelated text"))
     warm, _ = await complete(engine, system + "Hello there")
     prompt = await engine.tokenize(system + "Hello there")
-    holders = [s for s in engine._slots if s.cached[: len(prompt)] == prompt]
+    holders = [s for s in engine._scheduler._slots if s.cached[: len(prompt)] == prompt]
     assert len(holders) == 1, "the request went to the slot that held the shared prefix"
-    cached_before = [list(s.cached) for s in engine._slots if s.cached]
+    cached_before = [list(s.cached) for s in engine._scheduler._slots if s.cached]
     await complete(engine, "Another unrelated prompt")
     # An unrelated prompt takes an empty slot: no cache is evicted while one is free.
-    cached_after = [list(s.cached) for s in engine._slots if s.cached]
+    cached_after = [list(s.cached) for s in engine._scheduler._slots if s.cached]
     assert len(cached_after) == len(cached_before) + 1
     assert all(any(a[: len(b)] == b for a in cached_after) for b in cached_before)
     cold_engine = await load(model_file, parallel=1)

@@ -9,13 +9,13 @@ import pytest
 
 from app.errors import InvalidRequest, ModelUnavailable
 from app.inference.chat_templates import FALLBACK_CHAT_TEMPLATES, ChatTemplate
-from app.inference.engine import ChatMessage, Finished, SamplingParams, TextDelta
+from app.inference.engine import ChatMessage, EngineConfig, Finished, SamplingParams, TextDelta
 from app.inference.llama_engine import LlamaEngine
 
 
 @pytest.fixture
 async def engine(model_file: Path) -> AsyncIterator[LlamaEngine]:
-    engine = await LlamaEngine.load(model_file, context_size=256, threads=2)
+    engine = await LlamaEngine.load(model_file, EngineConfig(context_size=256, threads=2))
     yield engine
     await engine.close()
 
@@ -114,7 +114,7 @@ async def test_reusing_a_cached_prefix_gives_the_same_text_as_a_cold_start(
     await run(engine, base, max_tokens=12, temperature=0.0)  # fills the cache with `base`
     warm, _ = await run(engine, base + " begins with", max_tokens=12, temperature=0.0)
     repeat, _ = await run(engine, base + " begins with", max_tokens=12, temperature=0.0)
-    cold_engine = await LlamaEngine.load(model_file, context_size=256, threads=2)
+    cold_engine = await LlamaEngine.load(model_file, EngineConfig(context_size=256, threads=2))
     try:
         cold, _ = await run(cold_engine, base + " begins with", max_tokens=12, temperature=0.0)
     finally:
@@ -133,7 +133,7 @@ async def test_a_file_that_is_not_gguf_is_refused_by_name(tmp_path: Path) -> Non
     bogus = tmp_path / "notes.gguf"
     bogus.write_text("this is not a model")
     with pytest.raises(ModelUnavailable, match=r"notes\.gguf is not a GGUF file"):
-        await LlamaEngine.load(bogus, context_size=256)
+        await LlamaEngine.load(bogus, EngineConfig(context_size=256))
 
 
 async def test_a_truncated_gguf_is_refused_by_name(tmp_path: Path, model_file: Path) -> None:
@@ -141,4 +141,4 @@ async def test_a_truncated_gguf_is_refused_by_name(tmp_path: Path, model_file: P
     with model_file.open("rb") as f:
         truncated.write_bytes(f.read(4_000_000))
     with pytest.raises(ModelUnavailable, match=r"truncated\.gguf; it may be truncated"):
-        await LlamaEngine.load(truncated, context_size=256)
+        await LlamaEngine.load(truncated, EngineConfig(context_size=256))
