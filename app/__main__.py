@@ -13,24 +13,25 @@ os.environ.setdefault("GOMP_SPINCOUNT", "30000")
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import logging
+import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from types import FrameType
 
 import msgspec
 import uvicorn
 
-from app.accounts.models import NewUser, UserUpdate
+from app.accounts.schemas import NewUser, UserUpdate
 from app.accounts.service import AccountService, AdminBootstrapError
 from app.db import Database, DatabaseUnavailable, SchemaTooNew
 from app.errors import ModelNotFound, ServiceError
-from app.factory import account_service, create_app, database_path, prepare_accounts
+from app.factory import account_service, build_services, catalog_for, create_app, database_path
 from app.inference import commands
-from app.inference.catalog import load_catalog
-from app.inference.host import ModelHost, ModelState
+from app.inference.host import ModelState
 from app.settings import ConfigError, Settings
 from app.system.connections import (
     BACKLOG,
@@ -39,6 +40,7 @@ from app.system.connections import (
     http_protocol,
 )
 from app.system.logs import configure_logging
+from app.validation import describe
 
 logger = logging.getLogger("app")
 
@@ -52,13 +54,18 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.from_env()
         configure_logging(settings.log_level, settings.log_format)
         if args.command == "check-config":
-            load_catalog(settings)
+            catalog_for(settings)
             print("configuration is valid")
             return 0
         if args.command == "model":
             if args.action == "pull":
-                return commands.pull(settings, args.models)
-            return commands.list_models(settings)
+                return commands.pull(
+                    catalog_for(settings),
+                    args.models,
+                    token=settings.huggingface_token,
+                    log_every=settings.download_log_seconds,
+                )
+            return commands.list_models(catalog_for(settings))
         if args.command == "users":
             return asyncio.run(_users(settings, args))
         return asyncio.run(serve(settings))
@@ -126,17 +133,9 @@ async def serve(settings: Settings) -> int:
     # the event loop holds it to stream chunks; with Python's default 5 ms switch interval
     # llama.cpp's threads sat idle in those hand-overs (scripts/bench: 1.7x -> 2x at C=8).
     sys.setswitchinterval(_GIL_SWITCH_SECONDS)
-    app = create_app(settings)
-    # Migrate the database and create the first admin before the server starts, so a problem
-    # there is one sentence rather than a failed server startup (the lifespan then reopens it).
-    db: Database = app.state.db
-    await db.open()
-    try:
-        await prepare_accounts(settings, app.state.accounts)
-    finally:
-        await db.close()
-
-    host: ModelHost = app.state.host
+    services = build_services(settings)
+    app = create_app(settings, services)
+    host = services.host
     logging.getLogger("asyncio").addFilter(QuietAcceptErrors())
     config = uvicorn.Config(
         app,
@@ -150,7 +149,9 @@ async def serve(settings: Settings) -> int:
         backlog=BACKLOG,
         log_config=None,
         access_log=False,  # app.access writes one richer line per request
-        lifespan="on",
+        # The app's lifespan runs around the server (below), so that a problem at start (the
+        # database, the first admin) is one sentence rather than a failed server startup.
+        lifespan="off",
         # Running streams may finish this long after SIGTERM before they are cut.
         timeout_graceful_shutdown=int(settings.shutdown_grace) or None,
     )
@@ -161,12 +162,30 @@ async def serve(settings: Settings) -> int:
             logger.error("stopping: the model is not available")
             server.should_exit = True
 
-    watcher = asyncio.create_task(stop_if_model_fails())
-    try:
-        await server.serve()
-    finally:
-        watcher.cancel()
+    with _first_error():
+        async with app.lifespan():
+            logger.info("application started")
+            watcher = asyncio.create_task(stop_if_model_fails())
+            try:
+                await server.serve()
+            finally:
+                watcher.cancel()
+    logger.info("application shut down")
+    for sig in reversed(server.deferred_signals):  # supervisors see how the process ended
+        signal.raise_signal(sig)
     return 1 if host.state is ModelState.FAILED else 0
+
+
+@contextlib.contextmanager
+def _first_error() -> Iterator[None]:
+    """Litestar runs the lifespan in a task group, which wraps what a lifespan raised (a
+    database from a newer release, say) in an exception group; ``main`` reports it as it is."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        while isinstance(group, BaseExceptionGroup) and len(group.exceptions) == 1:
+            group = group.exceptions[0]
+        raise group from None
 
 
 class _Server(uvicorn.Server):
@@ -175,6 +194,20 @@ class _Server(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
         super().__init__(config)
         self._on_exit = on_exit
+
+    deferred_signals: tuple[int, ...] = ()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # uvicorn re-raises a shutdown signal as soon as it stops serving, which would end the
+        # process before the app's lifespan (draining engines, writing held usage) finishes;
+        # serve() raises it after that instead.
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                self.deferred_signals = tuple(self._captured_signals)
+                self._captured_signals.clear()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # From here on /health answers 503 and new generations are refused, while uvicorn
@@ -214,7 +247,7 @@ def _checked(struct: type[msgspec.Struct], **fields: object) -> msgspec.Struct:
     try:
         return msgspec.convert(fields, struct)
     except msgspec.ValidationError as exc:
-        raise ConfigError(str(exc).replace("$.", "")) from None
+        raise ConfigError(describe(exc)) from None
 
 
 async def _list(accounts: AccountService, _: argparse.Namespace) -> None:

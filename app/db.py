@@ -157,6 +157,15 @@ class Database:
                 raise DatabaseUnavailable(self.path, exc) from None
             raise
 
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _: object) -> AsyncIterator[None]:
+        """The app's lifespan: open (and migrated) while it runs."""
+        await self.open()
+        try:
+            yield
+        finally:
+            await self.close()
+
     @property
     def connection(self) -> aiosqlite.Connection:
         if self._connection is None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from typing import Any, ClassVar
 
 import msgspec
@@ -20,7 +19,7 @@ from litestar.openapi import ResponseSpec
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ExceptionHandlersMap
 
-from app.system.logs import note_error
+from app.validation import located
 
 logger = logging.getLogger(__name__)
 
@@ -194,13 +193,13 @@ class RateLimited(ServiceError):
     status_code = 429
     code = "rate_limit_exceeded"
 
-    def __init__(self, message: str, *, retry_after: float, headers: list[tuple[str, str]]) -> None:
+    def __init__(self, message: str, *, retry_after: float, headers: dict[str, str]) -> None:
         super().__init__(message)
         self.retry_after = max(1, math.ceil(retry_after))
         self.rate_headers = headers
 
     def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after), **dict(self.rate_headers)}
+        return {"Retry-After": str(self.retry_after), **self.rate_headers}
 
 
 class RequestRateLimited(RateLimited):
@@ -291,8 +290,7 @@ def error_response(
     code: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response[ErrorResponse]:
-    """A response in OpenAI's error shape (its code also goes to the request's access line)."""
-    note_error(code or error_type)
+    """A response in OpenAI's error shape."""
     return Response(
         ErrorResponse(ErrorDetail(message=message, type=error_type, param=param, code=code)),
         status_code=status_code,
@@ -317,11 +315,11 @@ def _validation_error(
     """Body, query and path validation failures: a 400 that names the offending field."""
     extra = exc.extra if isinstance(exc.extra, list) else []
     first = extra[0] if extra and isinstance(extra[0], dict) else {}
-    detail = str(first.get("message") or exc.detail)
-    missing = _MISSING_FIELD.search(detail)
-    param = _field_from_key(first.get("key"))
-    if missing:
-        param = f"{param}.{missing.group(1)}" if param else missing.group(1)
+    key = first.get("key")
+    param, detail = located(
+        str(first.get("message") or exc.detail), key if isinstance(key, str) else None
+    )
+    if "missing required field" in detail:
         message = f"Missing required field '{param}'."
     elif param:
         message = f"Invalid value for '{param}': {detail}"
@@ -330,18 +328,6 @@ def _validation_error(
     else:
         message = f"Invalid request body: {detail}"
     return error_response(400, message, param=param)
-
-
-# msgspec: "Object missing required field `model`" (at the body's root, which Litestar calls data).
-_MISSING_FIELD = re.compile(r"missing required field `([^`]+)`")
-
-
-def _field_from_key(key: Any) -> str | None:
-    """msgspec reports paths like ``$.stop[5]``; OpenAI names the field (``stop``)."""
-    if not isinstance(key, str) or key in ("", "$", "data"):
-        return None
-    # A dict value is reported as "logit_bias[...]": the field is what the client can fix.
-    return key.removeprefix("$.").removeprefix("data.").replace("[...]", "") or None
 
 
 def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorResponse]:

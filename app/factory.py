@@ -1,50 +1,75 @@
-"""``create_app(settings)``: the only place the service is wired together."""
+"""``create_app(settings)``: the only place the service is wired together.
+
+``build_services`` makes every service once from the settings (each package gets a small config
+of its own, never the whole ``Settings``); ``create_app`` hands them to Litestar's routes as
+dependencies and runs each resource's lifespan, in order: the database, the first admin, the
+usage ledger, the metrics listener, the models. ``python -m app serve`` runs the same lifespan
+around uvicorn, so a failure at start is one sentence, not a server error.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-import os
-from collections.abc import AsyncIterator
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from argon2 import PasswordHasher
 from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
+from litestar.security.jwt import OAuth2PasswordBearerAuth, Token
 
 from app import __version__
+from app.accounts.auth import bearer_auth, resolve_jwt_secret
+from app.accounts.bootstrap import FirstAdmin
 from app.accounts.controllers import (
     AdminController,
     AdminUsageController,
     AuthController,
     MeController,
 )
+from app.accounts.limits import Limits
 from app.accounts.passwords import Passwords
-from app.accounts.security import bearer_auth, resolve_jwt_secret
+from app.accounts.schemas import User
 from app.accounts.service import AccountService
 from app.accounts.store import AccountStore
 from app.accounts.throttle import LoginThrottle
-from app.accounts.usage import UsageLimits
+from app.accounts.usage import UsageLedger
 from app.db import Database
 from app.errors import exception_handlers, require_json_body
-from app.inference.catalog import load_catalog
-from app.inference.engine import Engine
-from app.inference.host import EngineLoader, ModelHost, load_llama_engine
+from app.inference.catalog import Catalog, ModelSpec, load_catalog
+from app.inference.engine import Engine, EngineConfig
+from app.inference.host import EngineLoader, HostConfig, ModelHost, load_llama_engine
 from app.openai.controllers import OpenAIController, TokenizerController
 from app.openai.protocol import SamplingDefaults
-from app.openai.serving import OpenAIService
+from app.openai.serving_chat import ChatServing
+from app.openai.serving_completions import CompletionServing
+from app.openai.serving_models import ModelServing
 from app.settings import Settings
 from app.system.access import RequestContext
 from app.system.disconnect import CancelOnDisconnect
 from app.system.docs import RENDER_PLUGINS, SCHEMA_PATH, docs_handlers, document_streaming
 from app.system.health import health
-from app.system.metrics import Metrics, metrics_endpoint, serve_metrics
-
-logger = logging.getLogger(__name__)
+from app.system.metrics import Metrics, metrics_endpoint, metrics_listener
 
 OWNED_BY = "llm-service"
+
+
+@dataclass(frozen=True)
+class Services:
+    """Everything the routes use, made once per app; each is a dependency of the same name."""
+
+    db: Database
+    accounts: AccountService
+    auth: OAuth2PasswordBearerAuth[User, Token]
+    login_throttle: LoginThrottle
+    ledger: UsageLedger
+    limits: Limits
+    host: ModelHost
+    metrics: Metrics
+    chat: ChatServing
+    completions: CompletionServing
+    models: ModelServing
 
 
 def database_path(settings: Settings) -> Path:
@@ -63,104 +88,109 @@ def account_service(settings: Settings, db: Database) -> AccountService:
     )
 
 
-ADMIN_PASSWORD_FILE = "initial_admin_password"  # noqa: S105 - a file name
+def catalog_for(settings: Settings) -> Catalog:
+    """The configured models; raises ``ConfigError`` for a bad models file."""
+    single = ModelSpec(
+        id=settings.model_name,
+        repo=None if settings.model_path else settings.model_repo,
+        file=None if settings.model_path else settings.model_file,
+        revision=settings.model_revision,
+        path=settings.model_path,
+    )
+    return load_catalog(settings.models_file, single)
 
 
-async def prepare_accounts(settings: Settings, accounts: AccountService) -> None:
-    """Creates the first admin if there is none; a generated password goes to a private file
-    in the data directory, never to the log (logs get shipped and kept)."""
-    generated = await accounts.ensure_admin(settings.admin_username, settings.admin_password)
-    if generated is None:
-        return
-    path = Path(settings.data_dir) / ADMIN_PASSWORD_FILE
-    path.unlink(missing_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(generated + "\n")
-    logger.warning(
-        "created the admin user %r with a generated password, written to %s (readable by this "
-        "user only); log in, change it with POST /users/me/password or 'python -m app users "
-        "passwd %s', then delete the file",
-        settings.admin_username,
-        path,
-        settings.admin_username,
+def host_config(settings: Settings) -> HostConfig:
+    """What the model host needs of the settings."""
+    return HostConfig(
+        engine=EngineConfig(
+            context_size=settings.context_size,
+            parallel=settings.parallel,
+            threads=settings.threads,
+            max_queue=settings.max_queue,
+            queue_timeout=settings.queue_timeout,
+            chat_format_fallback=settings.chat_format_fallback,
+        ),
+        max_loaded_models=settings.max_loaded_models,
+        queue_timeout=settings.queue_timeout,
+        shutdown_grace=settings.shutdown_grace,
+        download_log_seconds=settings.download_log_seconds,
+        huggingface_token=settings.huggingface_token,
     )
 
 
-def create_app(
+def build_services(
     settings: Settings,
     *,
     engine: Engine | None = None,
     engine_loader: EngineLoader = load_llama_engine,
-) -> Litestar:
-    """Builds the service from ``settings``.
+) -> Services:
+    """Makes every service from ``settings``.
 
     Args:
         settings: The configuration; nothing is read from the environment here.
         engine: An already loaded engine to serve as the default model instead of fetching and
             loading it (tests above the engine pass a fake one).
-        engine_loader: Loads the engine once the model file is at hand (default: llama.cpp).
+        engine_loader: Loads an engine once its model file is at hand (default: llama.cpp).
 
     Raises:
         ConfigError: ``JWT_SECRET_KEY`` (or the stored secret) or the models file is unusable.
     """
-    host = ModelHost(settings, load_catalog(settings), engine=engine, loader=engine_loader)
+    host = ModelHost(
+        host_config(settings), catalog_for(settings), engine=engine, loader=engine_loader
+    )
     metrics = Metrics(host.stats)
     db = Database(database_path(settings))
-    usage = UsageLimits(
-        db,
+    ledger = UsageLedger(db, on_write_failure=metrics.usage_write_failures.inc)
+    limits = Limits(
+        ledger,
         requests_per_minute=settings.requests_per_minute,
         tokens_per_day=settings.tokens_per_day,
         concurrent=settings.concurrent_per_user,
-        on_write_failure=metrics.usage_write_failures.inc,
-    )
-    service = OpenAIService(
-        host,
-        SamplingDefaults(max_tokens=settings.max_length, temperature=settings.temperature),
-        owned_by=OWNED_BY,
-        metrics=metrics,
-        usage=usage,
     )
     accounts = account_service(settings, db)
-    # Litestar's own documentation router (the pages behind /docs and /redoc) is public too.
-    auth = bearer_auth(settings, resolve_jwt_secret(settings), public_paths=[f"^{SCHEMA_PATH}/"])
-    login_throttle = LoginThrottle(settings.login_max_failures, settings.login_lockout_seconds)
+    defaults = SamplingDefaults(max_tokens=settings.max_length, temperature=settings.temperature)
+    return Services(
+        db=db,
+        accounts=accounts,
+        # Litestar's own documentation router (the pages behind /docs and /redoc) is public too.
+        auth=bearer_auth(
+            accounts,
+            resolve_jwt_secret(settings),
+            algorithm=settings.algorithm,
+            token_minutes=settings.access_token_expire_minutes,
+            public_paths=[f"^{SCHEMA_PATH}/"],
+        ),
+        login_throttle=LoginThrottle(settings.login_max_failures, settings.login_lockout_seconds),
+        ledger=ledger,
+        limits=limits,
+        host=host,
+        metrics=metrics,
+        chat=ChatServing(host, defaults, limits=limits, ledger=ledger, metrics=metrics),
+        completions=CompletionServing(
+            host, defaults, limits=limits, ledger=ledger, metrics=metrics
+        ),
+        models=ModelServing(host, OWNED_BY),
+    )
 
-    @contextlib.asynccontextmanager
-    async def database_lifespan(_: Litestar) -> AsyncIterator[None]:
-        await db.open()
-        try:
-            await prepare_accounts(settings, accounts)
-            yield
-        finally:
-            if not await usage.flush():
-                logger.error("%d usage rows could not be written before shutdown", usage.held)
-            await db.close()
 
-    @contextlib.asynccontextmanager
-    async def model_lifespan(_: Litestar) -> AsyncIterator[None]:
-        # The server answers (health: 503 with the state) while the model downloads and loads.
-        loading = asyncio.create_task(host.start(), name="load-model")
-        try:
-            yield
-        finally:
-            loading.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await loading
-            await host.close()
-
-    @contextlib.asynccontextmanager
-    async def metrics_lifespan(_: Litestar) -> AsyncIterator[None]:
-        if settings.metrics_listen is None:
-            yield
-            return
-        stop = await asyncio.to_thread(serve_metrics, metrics, settings.metrics_listen)
-        logger.info("metrics served openly on http://%s/metrics", settings.metrics_listen)
-        try:
-            yield
-        finally:
-            await asyncio.to_thread(stop)
-
+def create_app(
+    settings: Settings,
+    services: Services | None = None,
+    *,
+    engine: Engine | None = None,
+    engine_loader: EngineLoader = load_llama_engine,
+) -> Litestar:
+    """Builds the service from ``settings`` (and ``services``, made from them if not given;
+    ``engine`` and ``engine_loader`` are ``build_services``'s)."""
+    if services is None:
+        services = build_services(settings, engine=engine, engine_loader=engine_loader)
+    first_admin = FirstAdmin(
+        services.accounts,
+        username=settings.admin_username,
+        password=settings.admin_password,
+        data_dir=Path(settings.data_dir),
+    )
     app = Litestar(
         route_handlers=[
             health,
@@ -174,16 +204,17 @@ def create_app(
             *docs_handlers,
         ],
         dependencies={
-            "host": Provide(lambda: host, sync_to_thread=False),
-            "service": Provide(lambda: service, sync_to_thread=False),
-            "accounts": Provide(lambda: accounts, sync_to_thread=False),
-            "auth": Provide(lambda: auth, sync_to_thread=False),
-            "login_throttle": Provide(lambda: login_throttle, sync_to_thread=False),
-            "metrics": Provide(lambda: metrics, sync_to_thread=False),
-            "usage": Provide(lambda: usage, sync_to_thread=False),
+            field.name: Provide(_constant(getattr(services, field.name)), sync_to_thread=False)
+            for field in fields(services)
         },
-        on_app_init=[auth.on_app_init],
-        lifespan=[database_lifespan, metrics_lifespan, model_lifespan],
+        on_app_init=[services.auth.on_app_init],
+        lifespan=[
+            services.db.lifespan,
+            first_admin.lifespan,
+            services.ledger.lifespan,
+            metrics_listener(services.metrics, settings.metrics_listen),
+            services.host.lifespan,
+        ],
         exception_handlers=exception_handlers,
         before_request=require_json_body,
         request_max_body_size=settings.max_request_bytes,
@@ -203,11 +234,9 @@ def create_app(
     document_streaming(app.openapi_schema)
     # Outermost: request ids, access lines and HTTP metrics see every request, 404s included;
     # inside it, a request whose client left before its answer is cancelled.
-    app.asgi_handler = RequestContext(CancelOnDisconnect(app.asgi_handler), metrics)
-    app.state.host = host
-    app.state.metrics = metrics
-    app.state.usage = usage  # the rate-limit guard finds it here
-    app.state.db = db
-    # The auth middleware looks users up through this (Litestar's documented pattern).
-    app.state.accounts = accounts
+    app.asgi_handler = RequestContext(CancelOnDisconnect(app.asgi_handler), services.metrics)
     return app
+
+
+def _constant(value: object) -> Callable[[], object]:
+    return lambda: value

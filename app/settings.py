@@ -16,6 +16,8 @@ import msgspec
 from dotenv import dotenv_values
 from msgspec import Meta
 
+from app.validation import located
+
 # Settings whose variable names predate the APP_ prefix (kept from the service this replaces).
 _ENV_NAMES = {
     "jwt_secret_key": "JWT_SECRET_KEY",
@@ -316,11 +318,9 @@ class Settings(
 
 def _describe(exc: msgspec.ValidationError, raw: Mapping[str, Any]) -> str:
     """Turns msgspec's ``Expected ... - at `$.NAME``` into a sentence that names the variable."""
-    message = str(exc)
-    detail, sep, where = message.rpartition(" - at `$.")
-    if not sep:
-        return f"invalid configuration: {message}"
-    name = where.rstrip("`")
+    name, detail = located(str(exc))
+    if name is None:
+        return f"invalid configuration: {detail}"
     choices = _choices(name)
     if choices:
         detail = "must be one of " + ", ".join(choices)

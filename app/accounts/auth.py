@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,11 @@ from typing import Any
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException
 from litestar.handlers.base import BaseRouteHandler
-from litestar.middleware import AuthenticationResult
+from litestar.middleware import AuthenticationResult, DefineMiddleware
 from litestar.openapi.spec import Components, OAuthFlows, SecurityScheme
 from litestar.security.jwt import JWTAuthenticationMiddleware, OAuth2PasswordBearerAuth, Token
 
-from app.accounts.models import User
+from app.accounts.schemas import User
 from app.accounts.service import API_KEY_PREFIX, AccountService
 from app.errors import NotAuthenticated, PermissionDenied
 from app.settings import ConfigError, Settings
@@ -101,12 +102,16 @@ def _stored_secret(path: Path, algorithm: str) -> str:
     return secret
 
 
+ApiKeyUser = Callable[[str], Awaitable[User | None]]
+
+
 class BearerAuthMiddleware(JWTAuthenticationMiddleware):
     """Authenticates ``Authorization: Bearer <JWT or API key>``; nothing else is accepted."""
 
-    def __init__(self, *, auth_cookie_key: str, **kwargs: Any) -> None:
+    def __init__(self, *, auth_cookie_key: str, api_key_user: ApiKeyUser, **kwargs: Any) -> None:
         # OAuth2PasswordBearerAuth passes a cookie name; tokens are never read from cookies here.
         super().__init__(**kwargs)
+        self._api_key_user = api_key_user
 
     async def authenticate_request(
         self, connection: ASGIConnection[Any, Any, Any, Any]
@@ -118,8 +123,7 @@ class BearerAuthMiddleware(JWTAuthenticationMiddleware):
                 "Missing credentials: send 'Authorization: Bearer <access token or API key>'."
             )
         if credential.startswith(API_KEY_PREFIX):
-            accounts: AccountService = connection.app.state.accounts
-            user = await accounts.user_for_api_key(credential)
+            user = await self._api_key_user(credential)
             if user is None:
                 raise NotAuthenticated("Invalid API key.")
             return AuthenticationResult(user=user, auth=None)
@@ -129,19 +133,17 @@ class BearerAuthMiddleware(JWTAuthenticationMiddleware):
             raise NotAuthenticated("Invalid or expired access token.") from None
 
 
-async def _user_for_token(
-    token: Token, connection: ASGIConnection[Any, Any, Any, Any]
-) -> User | None:
-    accounts: AccountService = connection.app.state.accounts
-    try:
-        version = int(token.extras["ver"])
-    except (KeyError, TypeError, ValueError):
-        return None
-    return await accounts.user_for_token(token.sub, version)
-
-
 class _OAuth2Bearer(OAuth2PasswordBearerAuth[User, Token]):
-    """Litestar's OAuth2 password bearer auth, documented as a valid OpenAPI 3.1 scheme."""
+    """Litestar's OAuth2 password bearer auth, documented as a valid OpenAPI 3.1 scheme, whose
+    middleware also takes API keys."""
+
+    api_key_user: ApiKeyUser | None = None
+
+    @property
+    def middleware(self) -> DefineMiddleware:
+        middleware = super().middleware
+        middleware.kwargs["api_key_user"] = self.api_key_user
+        return middleware
 
     @property
     def openapi_components(self) -> Components:
@@ -159,17 +161,30 @@ class _OAuth2Bearer(OAuth2PasswordBearerAuth[User, Token]):
 
 
 def bearer_auth(
-    settings: Settings, secret: str, *, public_paths: list[str]
+    accounts: AccountService,
+    secret: str,
+    *,
+    algorithm: str,
+    token_minutes: int,
+    public_paths: list[str],
 ) -> OAuth2PasswordBearerAuth[User, Token]:
     """The auth configuration: every route needs credentials unless its ``opt`` marks it public
     or its path matches one of the ``public_paths`` patterns."""
-    return _OAuth2Bearer(
+
+    async def user_for_token(token: Token, _: ASGIConnection[Any, Any, Any, Any]) -> User | None:
+        try:
+            version = int(token.extras["ver"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        return await accounts.user_for_token(token.sub, version)
+
+    auth = _OAuth2Bearer(
         token_url="/token",  # noqa: S106 - a route
         token_secret=secret,
-        algorithm=settings.algorithm,
-        retrieve_user_handler=_user_for_token,
+        algorithm=algorithm,
+        retrieve_user_handler=user_for_token,
         authentication_middleware_class=BearerAuthMiddleware,  # type: ignore[arg-type]
-        default_token_expiration=timedelta(minutes=settings.access_token_expire_minutes),
+        default_token_expiration=timedelta(minutes=token_minutes),
         require_claims=["exp", "iat", "sub", "jti"],
         oauth_scopes={},  # OpenAPI requires the map, empty or not; we use no scopes
         exclude_opt_key=PUBLIC,
@@ -182,6 +197,8 @@ def bearer_auth(
             "POST /users/me/api-keys, sent as `Authorization: Bearer ...`."
         ),
     )
+    auth.api_key_user = accounts.user_for_api_key
+    return auth
 
 
 def issue_token(auth: OAuth2PasswordBearerAuth[User, Token], user: User) -> str:

@@ -12,7 +12,9 @@ from litestar.params import Body, FromPath, Parameter, SkipValidation
 from litestar.security.jwt import OAuth2PasswordBearerAuth, Token
 from litestar.status_codes import HTTP_200_OK, HTTP_204_NO_CONTENT
 
-from app.accounts.models import (
+from app.accounts.auth import PUBLIC, admin_only, issue_token
+from app.accounts.limits import Limits
+from app.accounts.schemas import (
     ApiKeyRequest,
     ApiKeyView,
     NewApiKey,
@@ -25,14 +27,14 @@ from app.accounts.models import (
     UserUpdate,
     UserView,
 )
-from app.accounts.security import PUBLIC, admin_only, issue_token
 from app.accounts.service import AccountService
 from app.accounts.throttle import LoginThrottle
-from app.accounts.usage import UsageLimits, UsageReport, UserDayUsage
+from app.accounts.usage import UsageLedger, UsageReport, UserDayUsage
 from app.errors import InvalidCredentials, InvalidRequest, WrongPassword, error_responses
 
 Accounts = NamedDependency[SkipValidation[AccountService]]
-Usage = NamedDependency[SkipValidation[UsageLimits]]
+LimitsDependency = NamedDependency[SkipValidation[Limits]]
+Ledger = NamedDependency[SkipValidation[UsageLedger]]
 AuthRequest = Request[User, Token | None, Any]
 
 
@@ -137,10 +139,10 @@ class MeController(Controller):
     async def usage(
         self,
         request: AuthRequest,
-        usage: Usage,
+        limits: LimitsDependency,
         days: Annotated[int, Parameter(ge=1, le=366, description="How many days back.")] = 30,
     ) -> UsageReport:
-        return await usage.report(request.user, days)
+        return await limits.report(request.user, days)
 
     @get("/api-keys", summary="List your API keys", responses=error_responses(401))
     async def api_keys(self, request: AuthRequest, accounts: Accounts) -> list[ApiKeyView]:
@@ -228,11 +230,11 @@ class AdminUsageController(Controller):
     )
     async def usage(
         self,
-        usage: Usage,
+        ledger: Ledger,
         since: Annotated[date | None, Parameter(description="First day, YYYY-MM-DD.")] = None,
         until: Annotated[date | None, Parameter(description="Last day, YYYY-MM-DD.")] = None,
     ) -> list[UserDayUsage]:
-        today = usage.today()
-        return await usage.everyone(
+        today = ledger.today()
+        return await ledger.everyone(
             since.isoformat() if since else today, until.isoformat() if until else today
         )

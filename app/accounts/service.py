@@ -9,8 +9,8 @@ import time
 
 import msgspec
 
-from app.accounts.models import ApiKeyView, NewApiKey, User, UserUpdate
 from app.accounts.passwords import Passwords
+from app.accounts.schemas import ApiKeyView, NewApiKey, User, UserUpdate
 from app.accounts.store import AccountStore, UsernameTaken
 from app.errors import (
     Conflict,

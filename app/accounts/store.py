@@ -6,7 +6,7 @@ import secrets
 import sqlite3
 import time
 
-from app.accounts.models import ApiKeyView, User
+from app.accounts.schemas import ApiKeyView, User
 from app.db import Database
 
 _SELECT_USER = (

@@ -1,23 +1,28 @@
-"""The OpenAI routes (and llama.cpp's tokenizer routes): parse, call the service, return."""
+"""The OpenAI routes (and llama.cpp's tokenizer routes): parse, call the service, return.
+
+Every ``/v1`` route first admits its caller against their limits (the ``caller`` dependency,
+which raises the 429s) and puts the caller's ``x-ratelimit-*`` headers on its answer; the
+generation routes hand the caller to the service, which holds their slot, records their usage
+and gives them their turn.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
-from litestar import Controller, Response, get, post
-from litestar.di import NamedDependency
+from litestar import Controller, Request, Response, get, post
+from litestar.di import NamedDependency, Provide
 from litestar.openapi.spec import Example
 from litestar.params import Body, FromPath, SkipValidation
 from litestar.response import Stream
 
-from app.accounts.usage import within_limits
+from app.accounts.limits import Caller, Limits
+from app.accounts.schemas import User
 from app.errors import error_responses
-from app.openai.protocol import (
-    ChatCompletion,
-    ChatCompletionRequest,
-    CompletionRequest,
-    CompletionResponse,
+from app.openai.protocol_chat import ChatCompletion, ChatCompletionRequest
+from app.openai.protocol_completions import CompletionRequest, CompletionResponse
+from app.openai.protocol_models import (
     DetokenizeRequest,
     DetokenizeResponse,
     Model,
@@ -25,9 +30,22 @@ from app.openai.protocol import (
     TokenizeRequest,
     TokenizeResponse,
 )
-from app.openai.serving import OpenAIService
+from app.openai.serving_chat import ChatServing
+from app.openai.serving_completions import CompletionServing
+from app.openai.serving_models import ModelServing
 
-Service = NamedDependency[SkipValidation[OpenAIService]]
+Chat = NamedDependency[SkipValidation[ChatServing]]
+Completions = NamedDependency[SkipValidation[CompletionServing]]
+Models = NamedDependency[SkipValidation[ModelServing]]
+Admitted = NamedDependency[SkipValidation[Caller]]
+
+
+async def admit_caller(
+    request: Request[User, Any, Any], limits: NamedDependency[SkipValidation[Limits]]
+) -> Caller:
+    """The signed-in user, counted against their limits (429 beyond them)."""
+    return await limits.admit(request.user)
+
 
 _STREAMING = (
     " With `stream: true` the answer is server-sent events (`data: {chunk}` lines, then "
@@ -43,11 +61,11 @@ _SAMPLING = (
 )
 
 
-def _sse(chunks: AsyncIterator[bytes]) -> Stream:
+def _sse(chunks: AsyncIterator[bytes], caller: Caller) -> Stream:
     return Stream(
         chunks,
         media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **caller.headers()},
     )
 
 
@@ -56,7 +74,7 @@ class OpenAIController(Controller):
 
     path = "/v1"
     tags = ["OpenAI"]  # noqa: RUF012 - Litestar reads it as a class attribute
-    guards = [within_limits]  # noqa: RUF012
+    dependencies = {"caller": Provide(admit_caller)}  # noqa: RUF012
 
     @get(
         "/models",
@@ -64,12 +82,14 @@ class OpenAIController(Controller):
         description="The models this service serves, in OpenAI's list shape.",
         responses=error_responses(401),
     )
-    async def list_models(self, service: Service) -> ModelList:
-        return service.list_models()
+    async def list_models(self, models: Models, caller: Admitted) -> Response[ModelList]:
+        return Response(models.list_models(), headers=caller.headers())
 
     @get("/models/{model_id:str}", summary="Show a model", responses=error_responses(401, 404))
-    async def get_model(self, model_id: FromPath[str], service: Service) -> Model:
-        return service.get_model(model_id)
+    async def get_model(
+        self, model_id: FromPath[str], models: Models, caller: Admitted
+    ) -> Response[Model]:
+        return Response(models.get_model(model_id), headers=caller.headers())
 
     @post(
         "/completions",
@@ -102,11 +122,12 @@ class OpenAIController(Controller):
                 ]
             ),
         ],
-        service: Service,
+        completions: Completions,
+        caller: Admitted,
     ) -> Response[CompletionResponse] | Stream:
         if data.stream:
-            return _sse(await service.stream_completion(data))
-        return Response(await service.create_completion(data))
+            return _sse(await completions.stream(data, caller), caller)
+        return Response(await completions.create(data, caller), headers=caller.headers())
 
     @post(
         "/chat/completions",
@@ -142,11 +163,12 @@ class OpenAIController(Controller):
                 ]
             ),
         ],
-        service: Service,
+        chat: Chat,
+        caller: Admitted,
     ) -> Response[ChatCompletion] | Stream:
         if data.stream:
-            return _sse(await service.stream_chat_completion(data))
-        return Response(await service.create_chat_completion(data))
+            return _sse(await chat.stream(data, caller), caller)
+        return Response(await chat.create(data, caller), headers=caller.headers())
 
 
 class TokenizerController(Controller):
@@ -162,9 +184,9 @@ class TokenizerController(Controller):
         responses=error_responses(400, 401, 404, 503),
     )
     async def tokenize(
-        self, data: Annotated[TokenizeRequest, Body()], service: Service
+        self, data: Annotated[TokenizeRequest, Body()], models: Models
     ) -> TokenizeResponse:
-        return await service.tokenize(data)
+        return await models.tokenize(data)
 
     @post(
         "/detokenize",
@@ -173,6 +195,6 @@ class TokenizerController(Controller):
         responses=error_responses(400, 401, 404, 503),
     )
     async def detokenize(
-        self, data: Annotated[DetokenizeRequest, Body()], service: Service
+        self, data: Annotated[DetokenizeRequest, Body()], models: Models
     ) -> DetokenizeResponse:
-        return await service.detokenize(data)
+        return await models.detokenize(data)

@@ -15,7 +15,7 @@ import contextlib
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
 
-from app.system.logs import note_error
+from app.system.access import note_error
 
 
 class CancelOnDisconnect:

@@ -22,7 +22,7 @@ from litestar.response import Redirect
 from litestar.static_files import create_static_files_router
 from litestar.types import ControllerRouterHandler
 
-from app.accounts.security import PUBLIC
+from app.accounts.auth import PUBLIC
 
 SCHEMA_PATH = "/schema"
 ASSETS_PATH = "/docs-assets"

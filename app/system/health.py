@@ -10,7 +10,7 @@ from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import SkipValidation
 
-from app.accounts.security import PUBLIC
+from app.accounts.auth import PUBLIC
 from app.inference.host import ModelHost, ModelState
 
 

@@ -1,9 +1,5 @@
-"""Logging: JSON lines off a terminal, readable lines on one, and a request id in every line.
-
-Every HTTP request gets a ``RequestLog`` (its id taken from ``X-Request-ID`` or made) in a context
-variable; a logging filter stamps its id on each record logged while the request runs, and the
-layers that know more (the auth middleware, the OpenAI service) fill in the user, model, token
-counts and time to first token for the one access line written when the response is done.
+"""Logging: JSON lines off a terminal, readable lines on one, and a request id in every line
+(the id of the request being served, see ``access``).
 
 Nothing here logs headers or bodies: passwords, tokens, API keys and ``Authorization`` stay out.
 """
@@ -11,81 +7,20 @@ Nothing here logs headers or bodies: passwords, tokens, API keys and ``Authoriza
 from __future__ import annotations
 
 import logging
-import re
 import sys
 import time
-import uuid
-from collections.abc import Callable
-from contextvars import ContextVar
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import msgspec
 
+from app.system.access import current_request_id
+
 LogFormat = Literal["auto", "json", "text"]
-
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}\Z")
-
-
-@dataclass
-class RequestLog:
-    """What the access line of one request says."""
-
-    id: str
-    method: str
-    path: str
-    started: float = field(default_factory=time.perf_counter)
-    user: str | None = None
-    model: str | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    first_token: float | None = None  # perf_counter() when the first token went out
-    error_code: str | None = None
-    account: Any = None  # the authenticated User, once the rate limits have seen it
-    rate_headers: list[tuple[str, str]] = field(default_factory=list)  # x-ratelimit-*
-    on_end: list[Callable[[], None]] = field(default_factory=list)  # run when the response ends
-
-    def token_out(self) -> None:
-        """Marks the first generated token (later calls change nothing)."""
-        if self.first_token is None:
-            self.first_token = time.perf_counter()
-
-    @property
-    def ttft(self) -> float | None:
-        return None if self.first_token is None else self.first_token - self.started
-
-
-_current: ContextVar[RequestLog | None] = ContextVar("request_log", default=None)
-
-
-def current_request() -> RequestLog | None:
-    """The request being served in this context, if any."""
-    return _current.get()
-
-
-def note_error(code: str | None) -> None:
-    """Records the error a request is answered with, for its access line."""
-    log = _current.get()
-    if log is not None:
-        log.error_code = code
-
-
-def begin_request(request_id: str | None, method: str, path: str) -> tuple[RequestLog, object]:
-    """Starts a request's log; ``request_id`` is the client's, kept when it is sane."""
-    if request_id is None or not _REQUEST_ID.match(request_id):
-        request_id = uuid.uuid4().hex
-    log = RequestLog(id=request_id, method=method, path=path)
-    return log, _current.set(log)
-
-
-def end_request(token: object) -> None:
-    _current.reset(token)  # type: ignore[arg-type]
 
 
 class _RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        log = _current.get()
-        record.request_id = log.id if log is not None else None
+        record.request_id = current_request_id()
         return True
 
 

@@ -7,7 +7,10 @@ registry, so several apps in one process (tests) do not collide.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from litestar import get
 from litestar.di import NamedDependency
@@ -22,9 +25,11 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 
-from app.accounts.security import admin_only
+from app.accounts.auth import admin_only
 from app.errors import error_responses
 from app.inference.engine import EngineStats
+
+logger = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -159,6 +164,27 @@ class _EngineCollector:
 )
 def metrics_endpoint(metrics: NamedDependency[SkipValidation[Metrics]]) -> bytes:
     return metrics.render()
+
+
+def metrics_listener(
+    metrics: Metrics, listen: str | None
+) -> Callable[[object], AbstractAsyncContextManager[None]]:
+    """The app's lifespan for ``APP_METRICS_LISTEN``: the open listener while the app runs (none
+    when ``listen`` is None)."""
+
+    @asynccontextmanager
+    async def lifespan(_: object) -> AsyncIterator[None]:
+        if listen is None:
+            yield
+            return
+        stop = await asyncio.to_thread(serve_metrics, metrics, listen)
+        logger.info("metrics served openly on http://%s/metrics", listen)
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(stop)
+
+    return lifespan
 
 
 def serve_metrics(metrics: Metrics, listen: str) -> Callable[[], None]:

@@ -1,0 +1,175 @@
+"""Per-user limits: requests per minute, generated tokens per UTC day, requests in progress.
+
+Requests per minute are a moving window of the ``limits`` package (in memory: a restart
+forgives). Tokens per day come from the usage ledger; a request is admitted while the day's total
+is under the limit, so the last one may pass it by at most its own ``max_tokens``. Requests in
+progress are counted while a generation holds its ``slot``.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from limits import RateLimitItemPerMinute
+from limits.aio.storage import MemoryStorage, Storage
+from limits.aio.strategies import MovingWindowRateLimiter
+
+from app.accounts.schemas import User
+from app.accounts.usage import UsageLedger, UsageReport
+from app.errors import RequestRateLimited, TokenRateLimited
+
+
+@dataclass(frozen=True)
+class RateStatus:
+    """Where a user stands against their limits; 0 as a limit means none."""
+
+    requests_limit: int
+    requests_remaining: int
+    requests_reset: float  # seconds until a request slot frees up
+    tokens_limit: int
+    tokens_remaining: int
+    tokens_reset: float  # seconds until the UTC day ends
+
+    def headers(self) -> dict[str, str]:
+        """OpenAI's ``x-ratelimit-*`` headers; a limit of 0 (none) sends none for it."""
+        headers: dict[str, str] = {}
+        if self.requests_limit:
+            headers |= {
+                "x-ratelimit-limit-requests": str(self.requests_limit),
+                "x-ratelimit-remaining-requests": str(self.requests_remaining),
+                "x-ratelimit-reset-requests": _duration(self.requests_reset),
+            }
+        if self.tokens_limit:
+            headers |= {
+                "x-ratelimit-limit-tokens": str(self.tokens_limit),
+                "x-ratelimit-remaining-tokens": str(self.tokens_remaining),
+                "x-ratelimit-reset-tokens": _duration(self.tokens_reset),
+            }
+        return headers
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling a ``/v1`` route, as admitted against their limits."""
+
+    user: User
+    rate: RateStatus
+
+    def headers(self) -> dict[str, str]:
+        """The ``x-ratelimit-*`` headers for the response."""
+        return self.rate.headers()
+
+
+class Limits:
+    """Admits requests against each user's limits."""
+
+    def __init__(
+        self,
+        ledger: UsageLedger,
+        *,
+        requests_per_minute: int,
+        tokens_per_day: int,
+        concurrent: int = 0,
+        storage: Storage | None = None,
+    ) -> None:
+        self._ledger = ledger
+        self._rpm = requests_per_minute
+        self._tpd = tokens_per_day
+        self._concurrent = concurrent
+        self._minute = MovingWindowRateLimiter(storage or MemoryStorage())
+        self._in_progress: collections.Counter[int] = collections.Counter()
+
+    def limits(self, user: User) -> tuple[int, int]:
+        """The user's (requests per minute, tokens per day); 0 means no limit."""
+        rpm = self._rpm if user.requests_per_minute is None else user.requests_per_minute
+        tpd = self._tpd if user.tokens_per_day is None else user.tokens_per_day
+        return rpm, tpd
+
+    async def admit(self, user: User) -> Caller:
+        """Counts one request for ``user``; raises ``RateLimited`` beyond a limit (a request
+        refused for its tokens does not count against its requests)."""
+        rpm, tpd = self.limits(user)
+        _, day_left = self._ledger.day()
+        used = await self._ledger.tokens_today(user.id) if tpd else 0
+        out_of_tokens = bool(tpd and used >= tpd)
+        admitted, remaining, reset = True, 0, 0.0
+        if rpm:
+            item, key = RateLimitItemPerMinute(rpm), str(user.id)
+            if not out_of_tokens:
+                admitted = await self._minute.hit(item, key)
+            window_end, remaining = await self._minute.get_window_stats(item, key)
+            reset = max(window_end - time.time(), 0.0)
+        status = RateStatus(
+            requests_limit=rpm,
+            requests_remaining=max(remaining, 0),
+            requests_reset=reset,
+            tokens_limit=tpd,
+            tokens_remaining=max(tpd - used, 0),
+            tokens_reset=day_left,
+        )
+        if out_of_tokens:
+            raise TokenRateLimited(
+                f"Rate limit reached for generated tokens per day: limit {tpd}, used {used}; "
+                f"the limit resets at 00:00 UTC, in {math.ceil(day_left)}s.",
+                retry_after=day_left,
+                headers=status.headers(),
+            )
+        if not admitted:
+            raise RequestRateLimited(
+                f"Rate limit reached for requests per minute: limit {rpm}; retry in "
+                f"{math.ceil(reset)}s.",
+                retry_after=reset,
+                headers=status.headers(),
+            )
+        return Caller(user, status)
+
+    @asynccontextmanager
+    async def slot(self, user: User) -> AsyncIterator[None]:
+        """One request in progress for ``user``, for as long as the block runs.
+
+        Raises ``RequestRateLimited`` when the user already has ``concurrent`` in progress: one
+        user cannot hold every slot and the whole queue while others wait.
+        """
+        if self._concurrent and self._in_progress[user.id] >= self._concurrent:
+            raise RequestRateLimited(
+                f"You have {self._in_progress[user.id]} requests in progress, the most one user "
+                "may have at once; send the next when one has finished.",
+                retry_after=1,
+                headers={},
+            )
+        self._in_progress[user.id] += 1
+        try:
+            yield
+        finally:
+            self._in_progress[user.id] -= 1
+            if not self._in_progress[user.id]:
+                del self._in_progress[user.id]
+
+    async def report(self, user: User, days: int) -> UsageReport:
+        """The user's limits, today's generated tokens, and the last ``days`` days."""
+        rpm, tpd = self.limits(user)
+        history = await self._ledger.history(user.id, days)
+        today = self._ledger.today()
+        used = next((d.completion_tokens for d in history if d.day == today), 0)
+        return UsageReport(
+            requests_per_minute=rpm, tokens_per_day=tpd, tokens_today=used, days=history
+        )
+
+
+def _duration(seconds: float) -> str:
+    """OpenAI's reset format: ``20ms``, ``1s``, ``6m0s``, ``1h2m3s``."""
+    if seconds < 1:
+        return f"{max(int(seconds * 1000), 0)}ms"
+    total = math.ceil(seconds)
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"
