@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import openai
@@ -11,21 +10,15 @@ import pytest
 
 from app.factory import create_app
 from app.settings import Settings
-from tests.integration.support import access_token, new_api_key, served
-
-MODEL_ID = "tinyllama-1.1b"
-# Small enough that the context-length tests stay quick.
-CONTEXT_SIZE = 512
-
-
-ADMIN_PASSWORD = "integration-admin-password"
-
-
-@dataclass
-class RunningServer:
-    url: str
-    settings: Settings
-    api_key: str
+from tests.integration.support import (
+    CONTEXT_SIZE,
+    MODEL_ID,
+    SERVER_ADMIN_PASSWORD,
+    RunningServer,
+    access_token,
+    new_api_key,
+    served,
+)
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +26,7 @@ def server(model_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     settings = Settings.from_mapping(
         {
             "APP_DATA_DIR": str(tmp_path_factory.mktemp("data")),
-            "APP_ADMIN_PASSWORD": ADMIN_PASSWORD,
+            "APP_ADMIN_PASSWORD": SERVER_ADMIN_PASSWORD,
             "APP_PASSWORD_HASH_MEMORY_KIB": "1024",
             "APP_PASSWORD_HASH_TIME_COST": "1",
             "APP_MODEL_PATH": str(model_file),
@@ -46,7 +39,7 @@ def server(model_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         }
     )
     with served(create_app(settings)) as url:
-        key = new_api_key(url, access_token(url, "admin", ADMIN_PASSWORD), "tests")
+        key = new_api_key(url, access_token(url, "admin", SERVER_ADMIN_PASSWORD), "tests")
         yield RunningServer(url=url, settings=settings, api_key=key)
 
 

@@ -12,11 +12,29 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import uvicorn
 from litestar import Litestar
+
+from app.settings import Settings
+
+MODEL_ID = "smollm2-135m"
+"""What the tests call the SmolLM2 test GGUF they serve."""
+# Small enough that the context-length tests stay quick.
+CONTEXT_SIZE = 512
+SERVER_ADMIN_PASSWORD = "integration-admin-password"
+
+
+@dataclass
+class RunningServer:
+    """The session's in-thread server (the ``server`` fixture)."""
+
+    url: str
+    settings: Settings
+    api_key: str
 
 
 def free_port() -> int:
@@ -113,6 +131,7 @@ def app_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
         HF_HUB_DISABLE_TELEMETRY="1",
         APP_HOST="127.0.0.1",
         APP_CONTEXT_SIZE="256",
+        APP_MODEL_NAME=MODEL_ID,
         # Per-user limits are tested where they are the point (test_faults.py, unit tests).
         APP_REQUESTS_PER_MINUTE="0",
         APP_CONCURRENT_PER_USER="0",
@@ -184,5 +203,5 @@ def starting(
     output = log.read_text()
     # uvicorn shuts down gracefully, then re-raises SIGTERM so supervisors see it.
     assert process.returncode in (0, -signal.SIGTERM), output
-    assert "Application shutdown complete" in output
+    assert "application shut down" in output
     assert "Traceback" not in output, output

@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from tests.integration.conftest import CONTEXT_SIZE, MODEL_ID, RunningServer
+from tests.integration.support import CONTEXT_SIZE, MODEL_ID, RunningServer
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -360,7 +360,7 @@ def test_the_readme_openai_script_runs_unmodified(server: RunningServer) -> None
     """scripts/openai_example.py is plain OpenAI code; only the SDK's variables point it here."""
     script = Path(__file__).resolve().parents[2] / "scripts" / "openai_example.py"
     env = {**os.environ, "OPENAI_BASE_URL": f"{server.url}/v1", "OPENAI_API_KEY": server.api_key}
-    env.pop("OPENAI_MODEL", None)
+    env["OPENAI_MODEL"] = MODEL_ID  # the script's one setting beside the SDK's
     result = subprocess.run(
         [sys.executable, str(script)],
         env=env,

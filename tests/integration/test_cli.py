@@ -15,6 +15,7 @@ from tests.hubserver import serve_hub
 from tests.integration.support import (
     ADMIN_PASSWORD,
     FILE,
+    MODEL_ID,
     REPO,
     access_token,
     free_port,
@@ -220,7 +221,7 @@ def test_sigterm_lets_a_running_stream_finish(tmp_path: Path, model_file: Path) 
     ):
         token = access_token(url, "admin", ADMIN_PASSWORD)
         body = {
-            "model": "tinyllama-1.1b",
+            "model": MODEL_ID,
             "prompt": "Story:",
             "max_tokens": 60,
             "ignore_eos": True,

@@ -8,12 +8,17 @@ import httpx
 import openai
 import pytest
 
-from tests.integration.conftest import ADMIN_PASSWORD, CONTEXT_SIZE, MODEL_ID, RunningServer
-from tests.integration.support import access_token
+from tests.integration.support import (
+    CONTEXT_SIZE,
+    MODEL_ID,
+    SERVER_ADMIN_PASSWORD,
+    RunningServer,
+    access_token,
+)
 
 
 def test_the_seed_flow_token_then_completion_returns_honest_usage(server: RunningServer) -> None:
-    token = access_token(server.url, "admin", ADMIN_PASSWORD)
+    token = access_token(server.url, "admin", SERVER_ADMIN_PASSWORD)
     response = httpx.post(
         f"{server.url}/v1/completions",
         json={"model": MODEL_ID, "prompt": "The capital of France is", "max_tokens": 12},
@@ -36,7 +41,7 @@ def test_the_seed_flow_token_then_completion_returns_honest_usage(server: Runnin
 
 
 def test_sdk_with_an_access_token_from_the_token_endpoint(server: RunningServer) -> None:
-    token = access_token(server.url, "admin", ADMIN_PASSWORD)
+    token = access_token(server.url, "admin", SERVER_ADMIN_PASSWORD)
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=token, max_retries=0)
     completion = client.completions.create(model=MODEL_ID, prompt="Hi", max_tokens=2)
     assert completion.usage is not None

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Route, sync_playwright
 
-from tests.integration.conftest import ADMIN_PASSWORD, RunningServer
+from tests.integration.support import MODEL_ID, SERVER_ADMIN_PASSWORD, RunningServer
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -61,7 +61,7 @@ def test_docs_render_offline_and_authorize_with_a_password(
     # Authorize with the OAuth2 password flow, as a user would.
     page.click("button.authorize")
     page.fill("#oauth_username", "admin")
-    page.fill("#oauth_password", ADMIN_PASSWORD)
+    page.fill("#oauth_password", SERVER_ADMIN_PASSWORD)
     page.click(".auth-btn-wrapper .authorize")
     page.locator(".auth-container button", has_text="Logout").wait_for(timeout=30_000)
     page.locator(".auth-container button", has_text="Close").click()
@@ -76,7 +76,7 @@ def test_docs_render_offline_and_authorize_with_a_password(
     status = block.locator(".live-responses-table tbody .response-col_status").first
     status.wait_for(timeout=30_000)
     assert status.inner_text().strip().startswith("200")
-    assert "tinyllama-1.1b" in block.locator(".live-responses-table").inner_text()
+    assert MODEL_ID in block.locator(".live-responses-table").inner_text()
     assert refused == [], f"the page asked the internet for {refused}"
 
     redoc = browser.new_page()

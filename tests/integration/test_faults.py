@@ -19,6 +19,7 @@ import httpx
 
 from tests.integration.support import (
     ADMIN_PASSWORD,
+    MODEL_ID,
     access_token,
     app_env,
     free_port,
@@ -86,7 +87,7 @@ def test_sigkill_during_registrations_and_usage_writes_loses_no_committed_row(
         def complete() -> int | None:
             answer = httpx.post(
                 f"{url}/v1/completions",
-                json={"model": "tinyllama-1.1b", "prompt": "Hi", "max_tokens": 2},
+                json={"model": MODEL_ID, "prompt": "Hi", "max_tokens": 2},
                 headers={"Authorization": f"Bearer {key}"},
                 timeout=30,
             )
@@ -130,7 +131,7 @@ def test_a_client_that_leaves_a_stream_pays_for_what_was_generated(
     with serving(tmp_path, APP_MODEL_PATH=str(model_file), APP_CONTEXT_SIZE="1024") as (url, _):
         auth = {"Authorization": f"Bearer {access_token(url, 'admin', ADMIN_PASSWORD)}"}
         body = {
-            "model": "tinyllama-1.1b",
+            "model": MODEL_ID,
             "prompt": "Once upon a time",
             "max_tokens": 500,
             "ignore_eos": True,
@@ -165,7 +166,7 @@ def test_one_user_flooding_cannot_crowd_out_another(tmp_path: Path, model_file: 
         admin = {"Authorization": f"Bearer {access_token(url, 'admin', ADMIN_PASSWORD)}"}
         httpx.post(f"{url}/register", json={"username": "bea", "password": "bea-password-1"})
         bea = {"Authorization": f"Bearer {access_token(url, 'bea', 'bea-password-1')}"}
-        body = {"model": "tinyllama-1.1b", "prompt": "Tell me a story", "max_tokens": 96}
+        body = {"model": MODEL_ID, "prompt": "Tell me a story", "max_tokens": 96}
         flood: list[int] = []
 
         def send() -> None:

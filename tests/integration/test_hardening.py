@@ -16,11 +16,12 @@ import pytest
 
 from app.accounts.passwords import Passwords
 from app.factory import create_app
-from app.inference.engine import ChatMessage, SamplingParams, TextDelta
+from app.inference.engine import ChatMessage, EngineConfig, SamplingParams, TextDelta
 from app.inference.llama_engine import LlamaEngine
 from app.settings import Settings
-from tests.integration.conftest import MODEL_ID, RunningServer
 from tests.integration.support import (
+    MODEL_ID,
+    RunningServer,
     access_token,
     free_port,
     run_app,
@@ -88,7 +89,9 @@ def test_a_costly_schema_is_refused_at_once_and_costs_no_memory(
 
 @pytest.fixture
 async def engine(model_file: Path) -> AsyncIterator[LlamaEngine]:
-    engine = await LlamaEngine.load(model_file, context_size=512, threads=2, parallel=2)
+    engine = await LlamaEngine.load(
+        model_file, EngineConfig(context_size=512, threads=2, parallel=2)
+    )
     yield engine
     await engine.close()
 

@@ -274,6 +274,7 @@ parallel = 1
             prompt="Once upon a time",
             max_tokens=300,  # seconds of work: still running when b is asked for
             stream=True,
+            stream_options={"include_usage": True},
             extra_body={"ignore_eos": True},
         )
         chunks = iter(stream)
@@ -284,8 +285,10 @@ parallel = 1
             assert not other.done()
             assert states() == {"smol-a": "ready", "smol-b": "unloaded"}
             rest = list(chunks)
-            assert rest[-1].choices[0].finish_reason == "length"
-            assert len([first, *rest]) == 301  # every token, and the finish chunk
+            assert rest[-2].choices[0].finish_reason == "length"
+            usage = rest[-1].usage
+            assert usage is not None
+            assert usage.completion_tokens == 300  # every token: the stream was not cut
             assert other.result(timeout=120).model == "smol-b"
         assert states() == {"smol-a": "unloaded", "smol-b": "ready"}
 

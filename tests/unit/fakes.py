@@ -34,7 +34,6 @@ class FakeEngine:
         self.owners: list[object] = []
         self.chats: list[list[ChatMessage]] = []
         self.closed = False
-        self.admitting = True
 
     @property
     def context_size(self) -> int:
@@ -86,7 +85,7 @@ class FakeEngine:
         return EngineStats(slots=1, busy=0, waiting=0)
 
     def stop_admitting(self) -> None:
-        self.admitting = False
+        pass
 
     async def close(self, grace: float = 0.0) -> None:
         self.closed = True

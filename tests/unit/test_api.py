@@ -14,9 +14,9 @@ from litestar.testing import AsyncTestClient
 from openapi_spec_validator import validate
 
 from app.factory import create_app
-from app.settings import Settings
-from tests.unit.conftest import ADMIN, ADMIN_PASSWORD, bearer, login, settings_for
+from app.inference.engine import EngineConfig
 from tests.unit.fakes import FakeEngine
+from tests.unit.support import ADMIN, ADMIN_PASSWORD, bearer, login, settings_for
 
 MODEL = "tinyllama-1.1b"
 
@@ -367,7 +367,7 @@ async def test_the_openapi_document_is_valid(client: AsyncTestClient[Any]) -> No
 async def test_health_reports_each_state_until_ready(tmp_path: Path) -> None:
     release = threading.Event()
 
-    async def slow_loader(path: Path, settings: Settings) -> FakeEngine:
+    async def slow_loader(path: Path, config: EngineConfig) -> FakeEngine:
         await asyncio.to_thread(release.wait, 10)
         return FakeEngine()
 

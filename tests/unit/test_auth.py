@@ -18,11 +18,11 @@ import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from app.accounts.security import PUBLIC
+from app.accounts.auth import PUBLIC
 from app.factory import create_app
 from app.settings import ConfigError
-from tests.unit.conftest import ADMIN, ADMIN_PASSWORD, bearer, login, settings_for
 from tests.unit.fakes import FakeEngine
+from tests.unit.support import ADMIN, ADMIN_PASSWORD, bearer, login, settings_for
 
 MODEL = "tinyllama-1.1b"
 BOB, BOB_PASSWORD = "bob", "bob-password-1"

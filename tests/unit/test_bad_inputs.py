@@ -14,8 +14,8 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from app.factory import create_app
-from tests.unit.conftest import ADMIN, ADMIN_PASSWORD, bearer, login, settings_for
 from tests.unit.fakes import FakeEngine
+from tests.unit.support import ADMIN, ADMIN_PASSWORD, bearer, login, settings_for
 
 MODEL = "tinyllama-1.1b"
 CHAT = "/v1/chat/completions"

@@ -12,9 +12,9 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from app.errors import QueueFull
-from app.factory import create_app
-from tests.unit.conftest import ADMIN, ADMIN_PASSWORD, bearer, login, settings_for
+from app.factory import build_services, create_app
 from tests.unit.fakes import FakeEngine
+from tests.unit.support import ADMIN, ADMIN_PASSWORD, bearer, login, settings_for
 
 MODEL = "tinyllama-1.1b"
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "count"}]}
@@ -330,10 +330,11 @@ async def test_a_full_queue_is_a_429_with_retry_after(tmp_path: Path, stream: bo
 
 
 async def test_a_stopping_server_answers_503(tmp_path: Path) -> None:
-    app = create_app(settings_for(tmp_path), engine=FakeEngine())
-    async with AsyncTestClient(app=app) as client:
+    settings = settings_for(tmp_path)
+    services = build_services(settings, engine=FakeEngine())
+    async with AsyncTestClient(app=create_app(settings, services)) as client:
         client.headers.update(bearer(await login(client, ADMIN, ADMIN_PASSWORD)))
-        app.state.host.stop_admitting()
+        services.host.stop_admitting()
         health = await client.get("/health")
         assert (health.status_code, health.json()["status"]) == (503, "stopping")
         response = await client.post("/v1/chat/completions", json=CHAT)

@@ -9,9 +9,9 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from app.accounts.passwords import Passwords
-from app.factory import create_app
-from tests.unit.conftest import ADMIN, ADMIN_PASSWORD, bearer, login, settings_for
+from app.factory import build_services, create_app
 from tests.unit.fakes import FakeEngine
+from tests.unit.support import ADMIN, ADMIN_PASSWORD, bearer, login, settings_for
 
 BOB, BOB_PASSWORD = "bob", "bob-password-1"
 
@@ -94,11 +94,12 @@ async def test_a_username_with_a_line_break_is_refused(tmp_path: Path, username:
 
 
 async def test_an_answer_is_delivered_when_its_usage_cannot_be_written(tmp_path: Path) -> None:
-    app = create_app(settings_for(tmp_path), engine=FakeEngine())
+    settings = settings_for(tmp_path)
+    services = build_services(settings, engine=FakeEngine())
     chat = {"model": "tinyllama-1.1b", "messages": [{"role": "user", "content": "hi"}]}
-    async with AsyncTestClient(app=app) as client:
+    async with AsyncTestClient(app=create_app(settings, services)) as client:
         admin = bearer(await login(client, ADMIN, ADMIN_PASSWORD))
-        db = app.state.db
+        db = services.db
         await db.execute("PRAGMA query_only = ON")  # every write now fails, as on a full disk
         answer = await client.post("/v1/chat/completions", json=chat, headers=admin)
         assert answer.status_code == 200, answer.text

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 from app.errors import ModelNotFound, ModelNotReady, ModelUnavailable, QueueFull
-from app.inference.catalog import load_catalog
-from app.inference.engine import Engine
+from app.factory import catalog_for, host_config
+from app.inference.engine import Engine, EngineConfig
 from app.inference.host import ModelHost, ModelState
 from app.inference.progress import DownloadProgress
 from app.settings import DEFAULT_MODEL_REVISION, ConfigError, Settings
-from tests.unit.conftest import settings_for
 from tests.unit.fakes import FakeEngine
+from tests.unit.support import settings_for
 
 # --- the models file -----------------------------------------------------------------------------
 
@@ -27,7 +27,7 @@ def models_file(tmp_path: Path, text: str) -> Settings:
 
 
 def test_without_a_models_file_the_model_settings_make_one_model(tmp_path: Path) -> None:
-    catalog = load_catalog(settings_for(tmp_path, APP_MODEL_NAME="tiny"))
+    catalog = catalog_for(settings_for(tmp_path, APP_MODEL_NAME="tiny"))
     (spec,) = catalog.models
     assert spec.id == "tiny"
     assert spec.repo == "TheBloke/TinyLlama-1.1B-Chat-v1.0-GGUF"
@@ -51,14 +51,14 @@ path = "weights/local.gguf"
 context_size = 512
 """,
     )
-    catalog = load_catalog(settings)
+    catalog = catalog_for(settings)
     assert [m.id for m in catalog.models] == ["tinyllama-1.1b", "local"]
     assert catalog.default.id == "tinyllama-1.1b"
     assert catalog.find("tinyllama").id == "tinyllama-1.1b"
     local = catalog.find("local")
     assert local.path == str(tmp_path / "weights" / "local.gguf")
-    assert local.settings(settings).context_size == 512
-    assert local.settings(settings).parallel == settings.parallel
+    assert local.engine_config(host_config(settings).engine).context_size == 512
+    assert local.engine_config(host_config(settings).engine).parallel == settings.parallel
     assert "models.toml" in local.setting("path")
     with pytest.raises(ModelNotFound):
         catalog.find("gpt-4")
@@ -88,7 +88,7 @@ def test_a_bad_models_file_is_one_sentence_naming_the_file(
     tmp_path: Path, text: str, message: str
 ) -> None:
     with pytest.raises(ConfigError) as raised:
-        load_catalog(models_file(tmp_path, text))
+        catalog_for(models_file(tmp_path, text))
     assert f"APP_MODELS_FILE {tmp_path / 'models.toml'}" in str(raised.value)
     assert message in str(raised.value)
 
@@ -96,7 +96,7 @@ def test_a_bad_models_file_is_one_sentence_naming_the_file(
 def test_a_missing_models_file_is_reported(tmp_path: Path) -> None:
     settings = settings_for(tmp_path, APP_MODELS_FILE=str(tmp_path / "absent.toml"))
     with pytest.raises(ConfigError, match="cannot read APP_MODELS_FILE"):
-        load_catalog(settings)
+        catalog_for(settings)
 
 
 # --- progress ------------------------------------------------------------------------------------
@@ -169,8 +169,8 @@ class Loader:
     def __init__(self) -> None:
         self.loaded: list[FakeEngine] = []
 
-    async def __call__(self, path: Path, settings: Settings) -> Engine:
-        engine = FakeEngine(context_size=settings.context_size)
+    async def __call__(self, path: Path, config: EngineConfig) -> Engine:
+        engine = FakeEngine(context_size=config.context_size)
         self.loaded.append(engine)
         return engine
 
@@ -188,7 +188,7 @@ async def started_host(tmp_path: Path, **env: str) -> tuple[ModelHost, Loader]:
         tmp_path, APP_MODELS_FILE=str(settings.models_file), APP_QUEUE_TIMEOUT="0.2", **env
     )
     loader = Loader()
-    host = ModelHost(settings, load_catalog(settings), loader=loader)
+    host = ModelHost(host_config(settings), catalog_for(settings), loader=loader)
     await host.start()
     assert host.state is ModelState.READY, host.error
     return host, loader
@@ -245,7 +245,7 @@ async def test_when_no_model_becomes_free_in_time_the_answer_is_429(tmp_path: Pa
 async def test_before_the_start_finishes_requests_get_503(tmp_path: Path) -> None:
     (tmp_path / "a.gguf").write_bytes(b"GGUF")
     settings = models_file(tmp_path, '[[models]]\nid = "a"\npath = "a.gguf"\n')
-    host = ModelHost(settings, load_catalog(settings), loader=Loader())
+    host = ModelHost(host_config(settings), catalog_for(settings), loader=Loader())
     with pytest.raises(ModelNotReady):
         await host.acquire("a")
     with pytest.raises(ModelNotFound):
@@ -257,7 +257,7 @@ async def test_a_model_llama_cpp_refuses_on_demand_is_a_503_naming_the_reason(
 ) -> None:
     host, loader = await started_host(tmp_path)
 
-    async def refuse(path: Path, settings: Settings) -> Engine:
+    async def refuse(path: Path, config: EngineConfig) -> Engine:
         raise ModelUnavailable(f"llama.cpp could not load the model file {path}.")
 
     host._loader = refuse

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from litestar.testing import AsyncTestClient
 
-from app.accounts.models import User
-from app.accounts.usage import UsageLimits
+from app.accounts.limits import Limits
+from app.accounts.schemas import User
+from app.accounts.usage import UsageLedger
 from app.db import Database
 from app.errors import RequestRateLimited, TokenRateLimited
 from app.factory import create_app
-from tests.unit.conftest import ADMIN, ADMIN_PASSWORD, bearer, login, settings_for
 from tests.unit.fakes import FakeEngine
+from tests.unit.support import ADMIN, ADMIN_PASSWORD, bearer, login, settings_for
 
 MODEL = "tinyllama-1.1b"
 BODY = {"model": MODEL, "prompt": "a b", "max_tokens": 16}
@@ -146,7 +150,21 @@ class Clock:
         return self.now
 
 
-async def test_the_minute_slides_and_the_day_turns_at_utc_midnight(tmp_path: Path) -> None:
+def someone(user_id: int = 1, name: str = "u") -> User:
+    return User(
+        id=user_id,
+        username=name,
+        password_hash="x",
+        is_admin=False,
+        disabled=False,
+        token_version=0,
+        created_at=0,
+    )
+
+
+async def test_the_minute_slides_and_the_day_turns_at_utc_midnight(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     db = Database(tmp_path / "app.db")
     await db.open()
     try:
@@ -154,65 +172,45 @@ async def test_the_minute_slides_and_the_day_turns_at_utc_midnight(tmp_path: Pat
             "INSERT INTO users (id, username, password_hash, created_at, subject)"
             " VALUES (1, 'u', 'x', 0, 's')"
         )
-        clock, wall = Clock(1000.0), Clock(1_795_651_190.0)  # 10 s before a UTC midnight
-        limits = UsageLimits(db, requests_per_minute=2, tokens_per_day=10, clock=clock, wall=wall)
-        someone = User(
-            id=1,
-            username="u",
-            password_hash="x",
-            is_admin=False,
-            disabled=False,
-            token_version=0,
-            created_at=0,
-        )
-        await limits.admit(someone)
-        clock.now += 30
-        status = await limits.admit(someone)
-        assert status.requests_remaining == 0
-        assert status.tokens_reset == 10
-        clock.now += 29
+        wall = Clock(1_795_651_190.0)  # 10 s before a UTC midnight
+        monkeypatch.setattr(time, "time", wall)  # the moving window's clock
+        ledger = UsageLedger(db, wall=wall)
+        limits = Limits(ledger, requests_per_minute=2, tokens_per_day=10)
+        await limits.admit(someone())
+        wall.now += 5
+        caller = await limits.admit(someone())
+        assert caller.rate.requests_remaining == 0
+        assert caller.rate.tokens_reset == 5
+        assert caller.headers()["x-ratelimit-remaining-requests"] == "0"
+        wall.now += 54
         with pytest.raises(RequestRateLimited) as refused:
-            await limits.admit(someone)
+            await limits.admit(someone())
         assert refused.value.retry_after == 1
-        clock.now += 1  # the first request leaves the window
-        await limits.admit(someone)
+        wall.now += 1.5  # the first request leaves the window
+        await limits.admit(someone())
 
-        await limits.record(1, 5, 10)
-        clock.now += 120
+        await ledger.record(1, 5, 10)
+        wall.now += 120
         with pytest.raises(TokenRateLimited):
-            await limits.admit(someone)
-        wall.now += 10  # midnight: a new day
-        status = await limits.admit(someone)
-        assert status.tokens_remaining == 10
-        assert [d.day for d in await limits.history(1, 2)] == ["2026-11-25"]
+            await limits.admit(someone())
+        assert [d.day for d in await ledger.history(1, 2)] == ["2026-11-26"]
     finally:
         await db.close()
 
 
-async def test_one_user_cannot_hold_more_than_their_share_of_requests(tmp_path: Path) -> None:
-    limits = UsageLimits(None, requests_per_minute=0, tokens_per_day=0, concurrent=2)  # type: ignore[arg-type]
-    bob, ann = (
-        User(
-            id=i,
-            username=name,
-            password_hash="x",
-            is_admin=False,
-            disabled=False,
-            token_version=0,
-            created_at=0,
-        )
-        for i, name in ((1, "bob"), (2, "ann"))
-    )
-    first, second = limits.enter(bob), limits.enter(bob)
-    with pytest.raises(RequestRateLimited, match="in progress"):
-        limits.enter(bob)
-    limits.enter(ann)()  # another user is not affected
-    first()
-    first()  # ending twice counts once
-    third = limits.enter(bob)
-    with pytest.raises(RequestRateLimited):
-        limits.enter(bob)
-    second(), third()
+async def test_one_user_cannot_hold_more_than_their_share_of_requests() -> None:
+    limits = Limits(None, requests_per_minute=0, tokens_per_day=0, concurrent=2)  # type: ignore[arg-type]
+    bob, ann = someone(1, "bob"), someone(2, "ann")
+    async with contextlib.AsyncExitStack() as held:
+        await held.enter_async_context(limits.slot(bob))
+        async with limits.slot(bob):
+            with pytest.raises(RequestRateLimited, match="in progress"):
+                await held.enter_async_context(limits.slot(bob))
+            async with limits.slot(ann):  # another user is not affected
+                pass
+        async with limits.slot(bob):  # the second one ended: there is room again
+            with pytest.raises(RequestRateLimited):
+                await held.enter_async_context(limits.slot(bob))
 
 
 async def test_a_finished_request_is_no_longer_in_progress(tmp_path: Path) -> None:
@@ -241,3 +239,19 @@ async def test_generations_are_queued_under_their_user(tmp_path: Path) -> None:
             headers=bob,
         )
     assert engine.owners == [me["id"]] * 3  # the engine gives owners turns (test_batching.py)
+
+
+async def test_concurrent_records_of_one_user_are_all_written(tmp_path: Path) -> None:
+    db = Database(tmp_path / "app.db")
+    await db.open()
+    try:
+        await db.execute(
+            "INSERT INTO users (id, username, password_hash, created_at, subject)"
+            " VALUES (1, 'u', 'x', 0, 's')"
+        )
+        ledger = UsageLedger(db)
+        await asyncio.gather(*(ledger.record(1, 3, 2) for _ in range(50)))
+        (today,) = await ledger.history(1, 1)
+        assert (today.requests, today.prompt_tokens, today.completion_tokens) == (50, 150, 100)
+    finally:
+        await db.close()
