@@ -278,7 +278,7 @@ parallel = 1
             extra_body={"ignore_eos": True},
         )
         chunks = iter(stream)
-        first = next(chunks)
+        next(chunks)  # the stream has begun
         with ThreadPoolExecutor(1) as pool:
             other = pool.submit(client.completions.create, model="b", prompt="Hello", max_tokens=3)
             time.sleep(0.5)
