@@ -58,5 +58,20 @@ class Utf8Stream:
         return self._decoder.decode(data)
 
     def flush(self) -> str:
-        """What is left at the end; an unfinished character becomes U+FFFD."""
-        return self._decoder.decode(b"", final=True)
+        """What is left at the end. A character the generation stopped in the middle of (cut
+        by ``max_tokens``) is dropped: the text ends at the last whole character."""
+        buffered, _ = self._decoder.getstate()
+        self._decoder.reset()
+        if buffered and _incomplete(buffered):
+            return ""
+        return codecs.decode(buffered, "utf-8", errors="replace") if buffered else ""
+
+
+def _incomplete(data: bytes) -> bool:
+    """Whether ``data`` is the beginning of a UTF-8 character (a lead byte and continuations
+    that could still be completed)."""
+    lead = data[0]
+    needed = (
+        2 if lead >> 5 == 0b110 else 3 if lead >> 4 == 0b1110 else 4 if lead >> 3 == 0b11110 else 0
+    )
+    return 0 < len(data) < needed and all(b >> 6 == 0b10 for b in data[1:])

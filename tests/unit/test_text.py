@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from app.inference.text import StopMatcher, Utf8Stream
 
 
@@ -60,7 +62,16 @@ def test_utf8_character_split_across_tokens_waits_for_its_rest() -> None:
     assert stream.feed(b"!") == "!"
 
 
-def test_unfinished_utf8_character_at_the_end_becomes_a_replacement_character() -> None:
+@pytest.mark.parametrize("text", ["é", "€", "😀"])
+def test_a_character_cut_at_the_end_is_dropped_not_replaced(text: str) -> None:
+    for cut in range(1, len(text.encode())):
+        stream = Utf8Stream()
+        assert stream.feed(b"ok " + text.encode()[:cut]) == "ok "
+        assert stream.flush() == ""
+
+
+def test_bytes_that_are_no_character_still_become_replacement_characters() -> None:
     stream = Utf8Stream()
-    assert stream.feed("é".encode()[:1]) == ""
-    assert stream.flush() == "\ufffd"
+    assert stream.feed(b"a\xff") == "a\ufffd"
+    assert stream.feed(b"\x80") == "\ufffd"
+    assert stream.flush() == ""

@@ -1,11 +1,10 @@
-"""GBNF grammars that make llama.cpp's output valid JSON (llama-cpp-python's converters), and
-the bounds on what a client's JSON schema may cost before it is converted.
+"""The bounds on what a client's JSON schema may cost before it becomes a grammar.
 
-A schema is data from the client, and the conversion writes repetitions out: ``minItems:
-1000000000`` would become a grammar of a billion items, a large ``enum`` a grammar that takes
-seconds to compile. So a schema is measured first (its size, nesting, subschemas, repetition
-counts, enum values, alternatives, patterns) and refused with a 400 naming the limit; the grammar
-that comes out is bounded again before llama.cpp compiles it.
+A schema is data from the client: ``minItems: 1000000000`` once became a grammar of a billion
+items, a 100,000-value ``enum`` a grammar that took seconds to compile. So a schema is measured
+first (its size, nesting, subschemas, repetition counts, enum values, alternatives, patterns) and
+refused with a 400 naming the limit, in time linear in its size; ``json_grammar`` bounds the
+grammar that comes out again.
 """
 
 from __future__ import annotations
@@ -15,8 +14,6 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
-
-from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
 from app.errors import InvalidRequest
 
@@ -142,33 +139,3 @@ def _subschemas(schema: Any, depth: int = 1) -> Iterator[tuple[dict[str, Any], i
                 yield from _subschemas(item, depth + 1)
         else:
             yield from _subschemas(child, depth + 1)
-
-
-def json_object_grammar() -> str:
-    """Any JSON object (llama.cpp's json.gbnf, whose root is an object)."""
-    return str(JSON_GBNF)
-
-
-def json_schema_grammar(
-    schema: dict[str, Any],
-    param: str = "response_format.json_schema.schema",
-    limits: SchemaLimits = LIMITS,
-) -> str:
-    """JSON that matches ``schema``; raises ``InvalidRequest`` for a schema it cannot express or
-    ``SchemaTooCostly`` for one beyond ``limits``."""
-    check_schema_cost(schema, param, limits)
-    try:
-        grammar = str(json_schema_to_gbnf(json.dumps(schema)))
-    except RecursionError:
-        raise SchemaTooCostly(
-            "The JSON schema is too costly to enforce: it nests too deeply.", param=param
-        ) from None
-    except Exception as exc:  # the converter raises many kinds for schemas it cannot handle
-        raise InvalidRequest(f"The JSON schema cannot be enforced: {exc}", param=param) from None
-    if len(grammar) > limits.max_grammar_bytes:
-        raise SchemaTooCostly(
-            f"The JSON schema is too costly to enforce: its grammar would take {len(grammar)} "
-            f"bytes, at most {limits.max_grammar_bytes} are allowed.",
-            param=param,
-        )
-    return grammar
