@@ -14,6 +14,7 @@ A models file (``APP_MODELS_FILE``) lists GGUFs, each from the Hub or a local pa
     path = "/models/my-model.gguf"   # relative paths are relative to the models file
     context_size = 4096              # optional: APP_CONTEXT_SIZE, APP_PARALLEL otherwise
     parallel = 2
+    chat_template = "{% for m in messages %}..."   # optional: a Jinja template for the GGUF's
 
 The first model is the default: it is loaded at start-up; the others load on their first request.
 """
@@ -48,6 +49,8 @@ class ModelEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     path: Annotated[str, Meta(min_length=1)] | None = None
     context_size: Annotated[int, Meta(ge=16, le=1_048_576)] | None = None
     parallel: Annotated[int, Meta(ge=1, le=64)] | None = None
+    chat_template: Annotated[str, Meta(min_length=1)] | None = None
+    """A Jinja chat template to use instead of the GGUF's own."""
 
 
 class ModelSpec(ModelEntry, frozen=True, kw_only=True):
@@ -86,6 +89,7 @@ class ModelSpec(ModelEntry, frozen=True, kw_only=True):
             base,
             context_size=self.context_size or base.context_size,
             parallel=self.parallel or base.parallel,
+            chat_template=self.chat_template or base.chat_template,
         )
 
 

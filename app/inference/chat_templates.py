@@ -1,5 +1,6 @@
-"""Chat templates: a model's Jinja template, rendered in a sandbox as Hugging Face renders it,
-with what the users wrote told apart from what the template wrote.
+"""Chat templates: a model's Jinja template rendered in a sandbox as Hugging Face renders it (or
+llama.cpp's built-in template for its architecture), with tools, and with what the users wrote
+told apart from what the template wrote.
 
 The template renders the messages into one prompt string. To tokenize the users' text as text
 (see ``tokenizer``), the renderer needs to know where each message's content lies in that string.
@@ -7,10 +8,15 @@ It renders the conversation twice, once with each content replaced by a unique m
 it is; wherever a marker appears, the content (as is, or trimmed, for templates that trim) must
 give back the real rendering exactly. Templates that do something else with the content (split
 it, rewrite it) fall back to finding each content in the real rendering in order.
+
+Tools go to templates that know a tool-call format as Hugging Face's ``apply_chat_template(...,
+tools=...)`` passes them; other templates get the generic format: a system note and calls written
+as a JSON envelope in the assistant's turns (``tool_calls``).
 """
 
 from __future__ import annotations
 
+import ctypes
 import datetime as dt
 import json
 import logging
@@ -20,15 +26,17 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 import jinja2
+import llama_cpp
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from app.errors import InvalidRequest
 from app.inference.engine import ChatMessage
 from app.inference.tokenizer import Fragment
+from app.inference.tool_formats import GENERIC, ToolFormat, ToolSpec, detect
 
 logger = logging.getLogger(__name__)
 
-# Chat formats for GGUFs that carry no template of their own.
+# Chat formats for GGUFs that carry no template of their own (and llama.cpp has none for).
 FALLBACK_CHAT_TEMPLATES = {
     # TinyLlama-1.1B-Chat's format.
     "zephyr": (
@@ -41,6 +49,23 @@ FALLBACK_CHAT_TEMPLATES = {
         "{{ '<|im_start|>assistant\\n' }}{% endif %}"
     ),
 }
+
+# llama.cpp's built-in templates for architectures whose GGUFs may come without one.
+_BUILTIN_BY_ARCHITECTURE = {
+    "gemma": "gemma",
+    "gemma2": "gemma",
+    "gemma3": "gemma",
+    "phi3": "phi3",
+    "chatglm": "chatglm4",
+    "command-r": "command-r",
+    "cohere2": "command-r",
+    "exaone": "exaone3",
+    "granite": "granite",
+    "deepseek2": "deepseek2",
+    "rwkv7": "rwkv-world",
+}
+
+Render = Callable[[list[dict[str, Any]], bool, dict[str, Any]], str]
 
 
 def _raise(message: str) -> NoReturn:
@@ -63,40 +88,115 @@ def _environment() -> ImmutableSandboxedEnvironment:
 
 
 class ChatTemplate:
-    """One model's chat template, compiled once."""
+    """One model's chat template, ready to render conversations."""
 
-    def __init__(self, source: str, *, bos_token: str, eos_token: str) -> None:
-        self.source = source
-        self._template = _environment().from_string(source)
-        self._tokens = {"bos_token": bos_token, "eos_token": eos_token}
+    def __init__(
+        self, render: Render, *, tool_format: ToolFormat = GENERIC, name: str = "jinja"
+    ) -> None:
+        self._render_turns = render
+        self.tool_format = tool_format
+        self.name = name
         self._warned = False
 
-    def render(self, messages: Sequence[ChatMessage], *, add_generation_prompt: bool = True) -> str:
-        """The prompt as one string; raises ``InvalidRequest`` when the template refuses."""
-        return self._render(
-            [{"role": m.role, "content": m.content} for m in messages], add_generation_prompt
+    @classmethod
+    def jinja(cls, source: str, *, bos_token: str, eos_token: str) -> ChatTemplate:
+        """A Jinja template, as GGUFs and Hugging Face carry them."""
+        template = _environment().from_string(source)
+        tokens = {"bos_token": bos_token, "eos_token": eos_token}
+
+        def render(turns: list[dict[str, Any]], prompt: bool, extra: dict[str, Any]) -> str:
+            return str(
+                template.render(messages=turns, add_generation_prompt=prompt, **tokens, **extra)
+            )
+
+        return cls(render, tool_format=detect(source))
+
+    @classmethod
+    def builtin(cls, name: str) -> ChatTemplate:
+        """One of llama.cpp's built-in templates, by name (``gemma``, ``phi3``...)."""
+
+        def render(turns: list[dict[str, Any]], prompt: bool, _: dict[str, Any]) -> str:
+            return _apply_builtin(name, turns, prompt)
+
+        return cls(render, name=name)
+
+    @classmethod
+    def for_model(
+        cls,
+        metadata: dict[str, str],
+        *,
+        override: str | None,
+        fallback: str,
+        bos_token: str,
+        eos_token: str,
+    ) -> ChatTemplate:
+        """The template a model is served with: ``override`` (configured per model), else the
+        GGUF's own, else llama.cpp's built-in one for its architecture, else ``fallback``."""
+        source = override or metadata.get("tokenizer.chat_template")
+        if source:
+            return cls.jinja(source, bos_token=bos_token, eos_token=eos_token)
+        architecture = metadata.get("general.architecture", "")
+        builtin = _BUILTIN_BY_ARCHITECTURE.get(architecture)
+        if builtin is not None:
+            logger.info("the model has no chat template; using llama.cpp's %r", builtin)
+            return cls.builtin(builtin)
+        logger.info("the model has no chat template; using the %s format", fallback)
+        return cls.jinja(
+            FALLBACK_CHAT_TEMPLATES[fallback], bos_token=bos_token, eos_token=eos_token
         )
 
+    def render(
+        self,
+        messages: Sequence[ChatMessage],
+        tools: Sequence[ToolSpec] = (),
+        *,
+        tool_required: bool = False,
+        add_generation_prompt: bool = True,
+    ) -> str:
+        """The prompt as one string; raises ``InvalidRequest`` when the template refuses."""
+        turns, extra = self._turns(messages, tools, tool_required)
+        return self._render(turns, add_generation_prompt, extra)
+
     def fragments(
-        self, messages: Sequence[ChatMessage], *, add_generation_prompt: bool = True
+        self,
+        messages: Sequence[ChatMessage],
+        tools: Sequence[ToolSpec] = (),
+        *,
+        tool_required: bool = False,
+        add_generation_prompt: bool = True,
     ) -> list[Fragment]:
         """The prompt with each message's content marked untrusted."""
-        turns = [{"role": m.role, "content": m.content} for m in messages]
-        real = self._render(turns, add_generation_prompt)
+        turns, extra = self._turns(messages, tools, tool_required)
+        real = self._render(turns, add_generation_prompt, extra)
         nonce = secrets.token_hex(8)
-        markers = [f"\ue000{nonce}:{i}\ue001" for i in range(len(turns))]
+        contents = [turn["content"] for turn in turns]
         marked = self._render(
-            [{**turn, "content": marker} for turn, marker in zip(turns, markers, strict=True)],
+            [
+                {**turn, "content": f"\ue000{nonce}:{i}\ue001"}
+                if isinstance(turn["content"], str)
+                else turn
+                for i, turn in enumerate(turns)
+            ],
             add_generation_prompt,
+            extra,
         )
-        contents = [m.content for m in messages]
         split = re.compile(f"\ue000{nonce}:(\\d+)\ue001")
         transforms: tuple[Callable[[str], str], ...] = (lambda c: c, str.strip)
         for transform in transforms:
-            fragments = _substituted(marked, split, [transform(c) for c in contents])
+            texts = [transform(c) if isinstance(c, str) else "" for c in contents]
+            fragments = _substituted(marked, split, texts)
             if "".join(f.text for f in fragments) == real:
                 return fragments
-        return self._found_in_order(real, contents)
+        return self._found_in_order(real, [c for c in contents if isinstance(c, str)])
+
+    def _turns(
+        self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec], tool_required: bool
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The messages as the template sees them, and what else it gets (``tools``)."""
+        if self.tool_format.native:
+            extra = {"tools": [_tool_dict(t) for t in tools]} if tools else {}
+            return [_native_turn(m) for m in messages], extra
+        return _generic_turns(messages, tools, tool_required, self.tool_format), {}
 
     def _found_in_order(self, real: str, contents: list[str]) -> list[Fragment]:
         if not self._warned:
@@ -115,17 +215,77 @@ class ChatTemplate:
         fragments.append(Fragment(real[cursor:], True))
         return fragments
 
-    def _render(self, turns: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+    def _render(
+        self, turns: list[dict[str, Any]], add_generation_prompt: bool, extra: dict[str, Any]
+    ) -> str:
         try:
-            return str(
-                self._template.render(
-                    messages=turns, add_generation_prompt=add_generation_prompt, **self._tokens
-                )
-            )
+            return self._render_turns(turns, add_generation_prompt, extra)
         except (jinja2.TemplateError, ValueError, TypeError, KeyError, IndexError) as exc:
             raise InvalidRequest(
                 f"The model's chat template refused these messages: {exc}", param="messages"
             ) from None
+
+
+def _tool_dict(tool: ToolSpec) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": tool.name}
+    if tool.description is not None:
+        function["description"] = tool.description
+    function["parameters"] = tool.parameters or {"type": "object", "properties": {}}
+    return {"type": "function", "function": function}
+
+
+def _native_turn(message: ChatMessage) -> dict[str, Any]:
+    """A message as Hugging Face templates expect it (arguments as objects, not JSON text)."""
+    turn: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        turn["tool_calls"] = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": json.loads(call.arguments)},
+            }
+            for call in message.tool_calls
+        ]
+    if message.tool_call_id is not None:
+        turn["tool_call_id"] = message.tool_call_id
+    if message.name is not None:
+        turn["name"] = message.name
+    return turn
+
+
+def _generic_turns(
+    messages: Sequence[ChatMessage],
+    tools: Sequence[ToolSpec],
+    tool_required: bool,
+    tool_format: ToolFormat,
+) -> list[dict[str, Any]]:
+    """Messages for a template that knows no tools: the tools in a system note, calls written
+    as the model writes them, results as the user's turn."""
+    turns: list[dict[str, Any]] = []
+    names = {call.id: call.name for m in messages for call in m.tool_calls}
+    for message in messages:
+        if message.role == "tool":
+            name = message.name or names.get(message.tool_call_id or "", "the function")
+            result = f"Result of {name}: {message.content or ''}"
+            if turns and turns[-1]["role"] == "user" and turns[-1].get("results"):
+                turns[-1]["content"] += "\n" + result  # results of one turn's calls together
+            else:
+                turns.append({"role": "user", "content": result, "results": True})
+            continue
+        content = message.content or ""
+        if message.tool_calls:
+            written = tool_format.written([(c.name, c.arguments) for c in message.tool_calls])
+            content = f"{content}\n{written}" if content else written
+        turns.append({"role": message.role, "content": content})
+    for turn in turns:
+        turn.pop("results", None)
+    if tools:
+        note = tool_format.note(tools, required=tool_required)
+        if turns and turns[0]["role"] == "system":
+            turns[0]["content"] = f"{turns[0]['content']}\n\n{note}"
+        else:
+            turns.insert(0, {"role": "system", "content": note})
+    return turns
 
 
 def _substituted(marked: str, split: re.Pattern[str], contents: list[str]) -> list[Fragment]:
@@ -136,3 +296,24 @@ def _substituted(marked: str, split: re.Pattern[str], contents: list[str]) -> li
         cursor = match.end()
     fragments.append(Fragment(marked[cursor:], True))
     return fragments
+
+
+def _apply_builtin(name: str, turns: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+    """Renders with llama.cpp's built-in template ``name`` (its C++ implementation)."""
+    roles = [str(turn["role"]).encode() for turn in turns]
+    contents = [str(turn["content"] or "").encode() for turn in turns]
+    pairs = list(zip(roles, contents, strict=True))
+    chat = (llama_cpp.llama_chat_message * len(turns))(
+        *(llama_cpp.llama_chat_message(role=r, content=c) for r, c in pairs)
+    )
+    size = 2 * sum(len(r) + len(c) for r, c in pairs) + 1024
+    while True:
+        buffer = ctypes.create_string_buffer(size)
+        written = llama_cpp.llama_chat_apply_template(
+            name.encode(), chat, len(turns), add_generation_prompt, buffer, size
+        )
+        if written < 0:
+            raise ValueError(f"llama.cpp's {name!r} template refused the conversation")
+        if written <= size:
+            return buffer.raw[:written].decode("utf-8", errors="replace")
+        size = written + 1

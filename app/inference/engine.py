@@ -12,6 +12,8 @@ from typing import Literal, Protocol
 
 import msgspec
 
+from app.inference.tool_formats import ToolFormat, ToolSpec
+
 FinishReason = Literal["stop", "length"]
 
 
@@ -29,7 +31,9 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
     queue_timeout: float = 60.0
     """Seconds a request may wait for a slot."""
     chat_format_fallback: str = "zephyr"
-    """The chat format for a GGUF without a template of its own."""
+    """The chat format for a GGUF without a template of its own (nor a built-in one)."""
+    chat_template: str | None = None
+    """A Jinja chat template to use instead of the GGUF's."""
 
 
 class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
@@ -48,6 +52,9 @@ class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
     logit_bias: tuple[tuple[int, float], ...] = ()
     grammar: str | None = None
     """A GBNF grammar (root rule ``root``) that every generated text must match."""
+    grammar_opening: str | None = None
+    """With this regular expression (ASCII), the grammar is lazy: the text is free up to the
+    first match, which ends on a token boundary, and the grammar holds what follows it."""
     logprobs: int | None = None
     """None: no log probabilities; n: each token's, plus the n most likely alternatives."""
     ignore_eos: bool = False
@@ -100,11 +107,25 @@ class EngineStats(msgspec.Struct, frozen=True, kw_only=True):
     waiting: int
 
 
+class ToolCall(msgspec.Struct, frozen=True, kw_only=True):
+    """A call an assistant turn made: ``arguments`` is the JSON text of its arguments."""
+
+    id: str
+    name: str
+    arguments: str
+
+
 class ChatMessage(msgspec.Struct, frozen=True):
     """A chat turn as chat templates see it."""
 
     role: str
-    content: str
+    content: str | None
+    tool_calls: tuple[ToolCall, ...] = ()
+    """What an assistant turn called."""
+    tool_call_id: str | None = None
+    """The call a ``tool`` turn answers."""
+    name: str | None = None
+    """The function a ``tool`` turn answers for."""
 
 
 class Engine(Protocol):
@@ -128,8 +149,20 @@ class Engine(Protocol):
         """The text of ``tokens`` (ids must be below ``vocab_size``)."""
         ...
 
-    async def tokenize_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
-        """The prompt tokens for a conversation, rendered with the model's chat template.
+    @property
+    def tool_format(self) -> ToolFormat:
+        """How this model writes tool calls (its template's format, or the generic one)."""
+        ...
+
+    async def tokenize_chat(
+        self,
+        messages: Sequence[ChatMessage],
+        tools: Sequence[ToolSpec] = (),
+        *,
+        tool_required: bool = False,
+    ) -> list[int]:
+        """The prompt tokens for a conversation, rendered with the model's chat template, with
+        ``tools`` described to the model (``tool_required``: a call must follow).
 
         Raises ``InvalidRequest`` when the template refuses the conversation.
         """

@@ -16,10 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgspec
 from llama_cpp import _internals as internals
 
-from app.errors import QueueFull
-from app.inference.chat_templates import FALLBACK_CHAT_TEMPLATES, ChatTemplate
+from app.errors import InvalidRequest, QueueFull
+from app.inference.chat_templates import ChatTemplate
 from app.inference.engine import (
     ChatMessage,
     EngineConfig,
@@ -33,6 +34,7 @@ from app.inference.llama_load import load_model
 from app.inference.sampling import compile_grammar, free_grammar
 from app.inference.scheduler import ADMITTED, Request, Scheduler
 from app.inference.tokenizer import Cancelled, Fragment, Tokenizer
+from app.inference.tool_formats import ToolFormat, ToolSpec
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +52,13 @@ class LlamaEngine:
         self._config = config
         self._vocab_size = int(model.n_vocab())
         self._tokenizer = Tokenizer(model)
-        self._chat = self._chat_template(config.chat_format_fallback)
+        self._chat = ChatTemplate.for_model(
+            model.metadata(),
+            override=config.chat_template,
+            fallback=config.chat_format_fallback,
+            bos_token=self._tokenizer.bos_text,
+            eos_token=self._tokenizer.eos_text,
+        )
         self._prep = ThreadPoolExecutor(max_workers=2, thread_name_prefix="llama-prep")
         self._scheduler = Scheduler(
             model,
@@ -70,15 +78,6 @@ class LlamaEngine:
         model, context = await asyncio.to_thread(load_model, path, config)
         return cls(model, context, config)
 
-    def _chat_template(self, fallback: str) -> ChatTemplate:
-        template = self._model.metadata().get("tokenizer.chat_template")
-        if not template:
-            logger.info("the model has no chat template; using the %s format", fallback)
-            template = FALLBACK_CHAT_TEMPLATES[fallback]
-        return ChatTemplate(
-            template, bos_token=self._tokenizer.bos_text, eos_token=self._tokenizer.eos_text
-        )
-
     @property
     def context_size(self) -> int:
         return self._config.context_size
@@ -86,6 +85,10 @@ class LlamaEngine:
     @property
     def vocab_size(self) -> int:
         return self._vocab_size
+
+    @property
+    def tool_format(self) -> ToolFormat:
+        return self._chat.tool_format
 
     def stats(self) -> EngineStats:
         return self._scheduler.stats()
@@ -118,18 +121,52 @@ class LlamaEngine:
     def _detokenize(self, tokens: list[int], _: threading.Event) -> str:
         return self._tokenizer.decode(tokens)
 
-    async def tokenize_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
+    async def tokenize_chat(
+        self,
+        messages: Sequence[ChatMessage],
+        tools: Sequence[ToolSpec] = (),
+        *,
+        tool_required: bool = False,
+    ) -> list[int]:
         try:
-            return await self._prepare(self._tokenize_chat, messages)
+            return await self._prepare(self._tokenize_chat, messages, tools, tool_required)
         except Cancelled:
             raise asyncio.CancelledError() from None
 
     def _tokenize_chat(
-        self, messages: Sequence[ChatMessage], cancelled: threading.Event
+        self,
+        messages: Sequence[ChatMessage],
+        tools: Sequence[ToolSpec],
+        tool_required: bool,
+        cancelled: threading.Event,
     ) -> list[int]:
+        if self._chat.tool_format.native:
+            # Native templates write tool definitions and past calls themselves, as template
+            # text, where a control token's spelling would be parsed as the token.
+            self._refuse_control_text(tools, messages)
         # What users wrote stays text, even where it spells a control token.
-        fragments = self._chat.fragments(messages)
+        fragments = self._chat.fragments(messages, tools, tool_required=tool_required)
         return self._tokenizer.encode(fragments, cancelled=cancelled)
+
+    def _refuse_control_text(
+        self, tools: Sequence[ToolSpec], messages: Sequence[ChatMessage]
+    ) -> None:
+        for index, tool in enumerate(tools):
+            if self._tokenizer.spells_control_token(msgspec.json.encode(tool).decode()):
+                raise InvalidRequest(
+                    "A tool definition spells one of the model's control tokens.",
+                    param=f"tools[{index}]",
+                )
+        for index, message in enumerate(messages):
+            # Everything of a turn but its content (which stays text) is template text.
+            fields = [message.tool_call_id or "", message.name or ""]
+            for call in message.tool_calls:
+                fields += (call.id, call.name, call.arguments)
+            if self._tokenizer.spells_control_token("\n".join(fields)):
+                raise InvalidRequest(
+                    "A tool call or its id spells one of the model's control tokens.",
+                    param=f"messages[{index}]",
+                )
 
     def _compile_grammar(self, grammar: str, _: threading.Event) -> Any:
         return compile_grammar(self._model.vocab, grammar)

@@ -28,6 +28,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import re
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,7 +45,7 @@ from app.inference.engine import (
     TextDelta,
 )
 from app.inference.llama_load import BATCH
-from app.inference.sampling import sampler_chain, token_logprob
+from app.inference.sampling import GrammarPicker, sampler_chain, token_logprob
 from app.inference.slots import Slot, best_slot, common_prefix, keep_consecutive
 from app.inference.text import StopMatcher, Utf8Stream
 
@@ -66,7 +67,7 @@ class Request:
     owner: object = None
     cancelled: threading.Event = field(default_factory=threading.Event)
     grammar: Any = None
-    """The compiled grammar sampler, until the slot's sampler chain takes it over."""
+    """The compiled grammar sampler, until the slot's picker takes it over."""
 
 
 class Scheduler:
@@ -238,9 +239,21 @@ class Scheduler:
     def _start(self, slot: Slot, request: Request) -> None:
         params = request.params
         grammar, request.grammar = request.grammar, None
-        slot.sampler = sampler_chain(
-            params, vocab_size=self._vocab_size, end_tokens=self._end_tokens, grammar=grammar
-        )
+        # Under a grammar the end of the text is the grammar's to decide: banning it too
+        # (ignore_eos) would leave no token to pick once the grammar is complete. Before a lazy
+        # grammar's opening, the picker bans it.
+        ends = () if grammar is not None else self._end_tokens
+        slot.sampler = sampler_chain(params, vocab_size=self._vocab_size, end_tokens=ends)
+        if grammar is not None:
+            opening = params.grammar_opening
+            slot.picker = GrammarPicker(
+                slot.sampler,
+                grammar,
+                self._vocab_size,
+                opening=re.compile(opening.encode()) if opening is not None else None,
+                piece_of=self._piece,
+                free_bans=self._end_tokens if params.ignore_eos else (),
+            )
         # Keep the cached prefix, but evaluate at least the last prompt token again so that
         # there are fresh logits to sample the first token from.
         keep = min(common_prefix(slot.cached, request.prompt), len(request.prompt) - 1)
@@ -311,7 +324,10 @@ class Scheduler:
         if slot.max_tokens <= 0:
             self._finish(slot, "length", hit=False)
             return
-        token = sampler.sample(self._ctx, index)
+        if slot.picker is not None:
+            token = slot.picker.pick(self._ctx, index)
+        else:
+            token = sampler.sample(self._ctx, index)
         if llama_cpp.llama_vocab_is_eog(self._vocab, token):
             self._finish(slot, "stop", hit=False)
             return
@@ -322,7 +338,7 @@ class Scheduler:
             slot.pending.append(
                 token_logprob(logits, self._vocab_size, token, piece, params.logprobs, self._piece)
             )
-        text, hit = slot.stops.feed(slot.utf8.feed(piece))
+        text, hit = self._visible(slot, slot.utf8.feed(piece))
         if hit:
             slot.pending.clear()  # those tokens made the stop sequence, which is not returned
         if text:
@@ -335,12 +351,21 @@ class Scheduler:
         else:
             slot.last_token = token
 
+    @staticmethod
+    def _visible(slot: Slot, text: str) -> tuple[str, bool]:
+        """The text that may go out now, and whether a stop sequence was reached. Stop
+        sequences do not apply to text under a grammar: they would cut its JSON or its calls
+        (what they held back goes out as the grammar takes over)."""
+        if slot.picker is not None and slot.picker.constraining:
+            return slot.stops.flush() + text, False
+        return slot.stops.feed(text)
+
     def _finish(self, slot: Slot, reason: FinishReason, *, hit: bool) -> None:
         request = slot.request
         assert request is not None
         if not hit:
             # Release what was held back: an unfinished character, a partial stop sequence.
-            tail, hit = slot.stops.feed(slot.utf8.flush())
+            tail, hit = self._visible(slot, slot.utf8.flush())
             tail = tail if hit else tail + slot.stops.flush()
             if tail or slot.pending:
                 self._emit(request, TextDelta(tail, tuple(slot.pending), slot.generated))
@@ -355,6 +380,8 @@ class Scheduler:
         self._release(slot, keep_cache=True)
 
     def _release(self, slot: Slot, *, keep_cache: bool) -> None:
+        if slot.picker is not None:
+            slot.picker.close()
         if slot.sampler is not None:
             slot.sampler.close()
         if not keep_cache:
@@ -363,7 +390,7 @@ class Scheduler:
         with self._lock:
             if slot.request is not None:
                 self._busy_slots -= 1
-            slot.sampler, slot.request = None, None
+            slot.sampler, slot.picker, slot.request = None, None, None
             self._lock.notify_all()  # close() may be waiting for the engine to go idle
 
     def _emit(self, request: Request, event: object) -> None:

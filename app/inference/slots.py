@@ -29,6 +29,7 @@ class Slot:
     cached: list[int] = field(default_factory=list)
     request: Any = None  # the scheduler's Request, while it runs here
     sampler: internals.LlamaSampler | None = None
+    picker: Any = None  # a GrammarPicker, when the request has a grammar
     prefilled: int = 0
     max_tokens: int = 0
     generated: int = 0

@@ -102,6 +102,10 @@ class Tokenizer:
                 tokens.append(self._eos)
         return tokens
 
+    def spells_control_token(self, text: str) -> bool:
+        """Whether ``text`` contains the text of one of the model's control tokens."""
+        return self._pattern is not None and self._pattern.search(text) is not None
+
     def encode_text(self, text: str, *, add_special: bool = True) -> list[int]:
         """``text`` with its control-token texts parsed (the caller wrote the whole prompt)."""
         return self.encode([Fragment(text, trusted=True)], add_special=add_special)

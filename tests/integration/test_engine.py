@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from app.errors import InvalidRequest, ModelUnavailable
 from app.inference.chat_templates import FALLBACK_CHAT_TEMPLATES, ChatTemplate
 from app.inference.engine import ChatMessage, EngineConfig, Finished, SamplingParams, TextDelta
 from app.inference.llama_engine import LlamaEngine
+from app.inference.tool_formats import GENERIC, ToolSpec
 
 
 @pytest.fixture
@@ -71,7 +73,9 @@ async def test_max_tokens_is_clamped_to_the_context(engine: LlamaEngine) -> None
 
 def test_the_fallback_chat_format_is_zephyr() -> None:
     """What a GGUF without a chat template gets (TinyLlama-Chat's own format)."""
-    template = ChatTemplate(FALLBACK_CHAT_TEMPLATES["zephyr"], eos_token="</s>", bos_token="<s>")
+    template = ChatTemplate.jinja(
+        FALLBACK_CHAT_TEMPLATES["zephyr"], eos_token="</s>", bos_token="<s>"
+    )
     messages = [ChatMessage("system", "Be brief."), ChatMessage("user", "Hi")]
     assert template.render(messages) == (
         "<|system|>\nBe brief.</s>\n<|user|>\nHi</s>\n<|assistant|>\n"
@@ -142,3 +146,36 @@ async def test_a_truncated_gguf_is_refused_by_name(tmp_path: Path, model_file: P
         truncated.write_bytes(f.read(4_000_000))
     with pytest.raises(ModelUnavailable, match=r"truncated\.gguf; it may be truncated"):
         await LlamaEngine.load(truncated, EngineConfig(context_size=256))
+
+
+async def test_a_lazy_grammar_starts_cleanly_when_a_token_runs_past_the_opening(
+    engine: LlamaEngine,
+) -> None:
+    """Unconstrained, this prompt's answer writes the opening's '[' in the token ' [{', which
+    runs past it; that token is refused and resampled, and the grammar holds the rest."""
+    line = 'Reply: {"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}}]}\n'
+    prompt = line * 3 + "Reply:"
+    overshoot = await engine.tokenize(" [{", add_special=False)
+    free, _ = await run(engine, prompt, max_tokens=8, temperature=0.0)
+    assert overshoot[0] in await engine.tokenize("".join(free), add_special=False)
+    tools = [
+        ToolSpec(
+            name="get_weather",
+            description="",
+            parameters={"type": "object", "properties": {"city": {"type": "string"}}},
+            strict=False,
+        )
+    ]
+    grammar, _ = GENERIC.grammar(tools, params=["tools"], after_opening=True)
+    deltas, finished = await run(
+        engine,
+        prompt,
+        max_tokens=40,
+        temperature=0.0,
+        grammar=grammar,
+        grammar_opening=GENERIC.opening_regex,
+    )
+    assert finished.reason == "stop"
+    (call,) = json.loads("".join(deltas))["tool_calls"]
+    assert call["name"] == "get_weather"
+    assert isinstance(call["arguments"]["city"], str)

@@ -14,6 +14,7 @@ from app.inference.engine import (
     TextDelta,
 )
 from app.inference.text import StopMatcher
+from app.inference.tool_formats import GENERIC, ToolFormat, ToolSpec
 
 
 class FakeEngine:
@@ -33,6 +34,7 @@ class FakeEngine:
         self.calls: list[tuple[list[int], SamplingParams]] = []
         self.owners: list[object] = []
         self.chats: list[list[ChatMessage]] = []
+        self.tools: list[list[ToolSpec]] = []
         self.closed = False
 
     @property
@@ -49,8 +51,19 @@ class FakeEngine:
     async def detokenize(self, tokens: Sequence[int]) -> str:
         return " ".join("x" * t for t in tokens)
 
-    async def tokenize_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
+    @property
+    def tool_format(self) -> ToolFormat:
+        return GENERIC
+
+    async def tokenize_chat(
+        self,
+        messages: Sequence[ChatMessage],
+        tools: Sequence[ToolSpec] = (),
+        *,
+        tool_required: bool = False,
+    ) -> list[int]:
         self.chats.append(list(messages))
+        self.tools.append(list(tools))
         return await self.tokenize(" ".join(f"{m.role}: {m.content}" for m in messages))
 
     async def generate(
