@@ -109,6 +109,7 @@ class Sampling(msgspec.Struct, kw_only=True):
         vocab_size: int,
         logprobs: int | None = None,
         grammar: str | None = None,
+        grammar_opening: str | None = None,
     ) -> SamplingParams:
         """Engine parameters for this request."""
         limit = self._limit()
@@ -129,6 +130,7 @@ class Sampling(msgspec.Struct, kw_only=True):
             stop=(self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ()),
             logit_bias=_logit_bias(self.logit_bias, vocab_size),
             grammar=grammar,
+            grammar_opening=grammar_opening,
             logprobs=logprobs,
             ignore_eos=self.ignore_eos,
         )

@@ -9,8 +9,27 @@ import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 from app.errors import InvalidRequest
-from app.inference.engine import FinishReason
 from app.openai.protocol import MAX_MESSAGES, MAX_TOKENS, MAX_TOP_LOGPROBS, Sampling, Usage
+from app.openai.protocol_tools import (
+    FunctionCall,
+    FunctionCallChoice,
+    FunctionCallDelta,
+    FunctionDefinition,
+    FunctionTool,
+    ToolCallDelta,
+    ToolCallView,
+    ToolChoice,
+)
+
+MAX_TOOLS = 128
+
+ChatFinishReason = Annotated[
+    Literal["stop", "length", "tool_calls", "function_call"],
+    Meta(
+        description="'tool_calls' (or legacy 'function_call') when the reply is calls, 'length' "
+        "when max_tokens or the context cut it, else 'stop'."
+    ),
+]
 
 
 class TextPart(msgspec.Struct, tag="text", tag_field="type"):
@@ -20,17 +39,21 @@ class TextPart(msgspec.Struct, tag="text", tag_field="type"):
 
 
 class Message(msgspec.Struct, kw_only=True):
-    """One turn of the conversation."""
+    """One turn of the conversation: ``tool`` turns answer an assistant turn's ``tool_calls``
+    (``function`` turns, its legacy ``function_call``)."""
 
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCallView] | None = None
+    tool_call_id: str | None = None
+    function_call: FunctionCall | None = None
 
-    def text(self) -> str:
-        """The content as one string."""
+    def text(self) -> str | None:
+        """The content as one string (None when there is none)."""
         if isinstance(self.content, list):
             return "".join(part.text for part in self.content)
-        return self.content or ""
+        return self.content
 
 
 class TextFormat(msgspec.Struct, tag="text", tag_field="type"):
@@ -78,9 +101,28 @@ class ChatCompletionRequest(Sampling, kw_only=True):
         ResponseFormat | None,
         Meta(description="`json_object` or `json_schema`: output enforced with a grammar."),
     ] = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
-    functions: list[dict[str, Any]] | None = None
+    tools: Annotated[
+        Annotated[list[FunctionTool], Meta(max_length=MAX_TOOLS)] | None,
+        Meta(description="Functions the model may call."),
+    ] = None
+    tool_choice: Annotated[
+        ToolChoice | None,
+        Meta(
+            description="`auto` (the default with tools): the model may answer or call; "
+            "`required`: it calls one or more; a named function: it calls that one; `none`: no "
+            "call."
+        ),
+    ] = None
+    parallel_tool_calls: Annotated[
+        bool | None, Meta(description="false: at most one call (default true).")
+    ] = None
+    functions: Annotated[
+        Annotated[list[FunctionDefinition], Meta(max_length=MAX_TOOLS)] | None,
+        Meta(description="Legacy form of `tools`."),
+    ] = None
+    function_call: Annotated[
+        FunctionCallChoice | None, Meta(description="Legacy form of `tool_choice`.")
+    ] = None
     audio: dict[str, Any] | None = None
     modalities: list[str] | None = None
     web_search_options: dict[str, Any] | None = None
@@ -94,11 +136,6 @@ class ChatCompletionRequest(Sampling, kw_only=True):
 
     def check_supported(self) -> None:
         """Refuses what would change the result but is not supported."""
-        if self.tools or self.functions:
-            field = "tools" if self.tools else "functions"
-            raise InvalidRequest("Tool and function calling are not supported.", param=field)
-        if self.tool_choice not in (None, "none", "auto"):
-            raise InvalidRequest("Tool calling is not supported.", param="tool_choice")
         if self.web_search_options is not None:
             raise InvalidRequest("Web search is not supported.", param="web_search_options")
         if self.audio is not None or (self.modalities and set(self.modalities) != {"text"}):
@@ -135,11 +172,13 @@ class ChoiceLogprobs(msgspec.Struct, kw_only=True):
 
 
 class AssistantMessage(msgspec.Struct, kw_only=True):
-    """The model's reply."""
+    """The model's reply: text, tool calls, or text then calls."""
 
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
     refusal: None = None
+    tool_calls: list[ToolCallView] | UnsetType = UNSET
+    function_call: FunctionCall | UnsetType = UNSET
 
 
 class ChatChoice(msgspec.Struct, kw_only=True):
@@ -148,7 +187,7 @@ class ChatChoice(msgspec.Struct, kw_only=True):
     index: int
     message: AssistantMessage
     logprobs: ChoiceLogprobs | None = None
-    finish_reason: FinishReason
+    finish_reason: ChatFinishReason
 
 
 class ChatCompletion(msgspec.Struct, kw_only=True):
@@ -167,7 +206,9 @@ class Delta(msgspec.Struct, kw_only=True):
     """What a stream chunk adds to a reply."""
 
     role: Literal["assistant"] | UnsetType = UNSET
-    content: str | UnsetType = UNSET
+    content: str | UnsetType | None = UNSET
+    tool_calls: list[ToolCallDelta] | UnsetType = UNSET
+    function_call: FunctionCallDelta | UnsetType = UNSET
 
 
 class ChunkChoice(msgspec.Struct, kw_only=True):
@@ -176,7 +217,7 @@ class ChunkChoice(msgspec.Struct, kw_only=True):
     index: int
     delta: Delta
     logprobs: ChoiceLogprobs | None = None
-    finish_reason: FinishReason | None = None
+    finish_reason: ChatFinishReason | None = None
 
 
 class ChatCompletionChunk(msgspec.Struct, kw_only=True):

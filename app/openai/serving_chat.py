@@ -1,22 +1,20 @@
-"""``/v1/chat/completions``: replies to a conversation, as one answer or as server-sent events."""
+"""``/v1/chat/completions``: replies to a conversation, as one answer or as server-sent events,
+with structured outputs and tool calls held to their schemas by a grammar."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import msgspec
 
 from app.accounts.limits import Caller
-from app.inference.engine import (
-    ChatMessage,
-    Engine,
-    Finished,
-    GenerationEvent,
-    SamplingParams,
-    TokenLogprob,
-)
-from app.inference.grammars import json_object_grammar, json_schema_grammar
+from app.errors import InvalidRequest
+from app.inference.engine import Engine, Finished, GenerationEvent, SamplingParams, TokenLogprob
+from app.inference.json_grammar import json_object_grammar, json_schema_grammar
+from app.inference.tool_call_reader import CallDelta, ToolCallReader
+from app.inference.tool_formats import JsonAlternative
 from app.openai.protocol import Usage, new_id, now
 from app.openai.protocol_chat import (
     AssistantMessage,
@@ -24,6 +22,7 @@ from app.openai.protocol_chat import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
+    ChatFinishReason,
     ChoiceLogprobs,
     ChunkChoice,
     Delta,
@@ -32,61 +31,67 @@ from app.openai.protocol_chat import (
     TokenLogprobView,
     TopLogprobView,
 )
+from app.openai.protocol_tools import (
+    FunctionCall,
+    FunctionCallDelta,
+    ToolCallDelta,
+    ToolCallView,
+)
 from app.openai.serving_base import Job, OpenAIServing, collect, sse, started, stream, usage_of
+from app.openai.tools import ToolPlan, chat_messages, tool_plan
+
+_RESPONSE_SCHEMA = "response_format.json_schema.schema"
 
 
 class ChatServing(OpenAIServing):
     """Replies to the conversation ``n`` times."""
 
-    async def _job(self, request: ChatCompletionRequest, caller: Caller) -> Job:
+    async def _job(self, request: ChatCompletionRequest, caller: Caller) -> tuple[Job, ToolPlan]:
         request.check_supported()
-        grammar = None
-        if isinstance(request.response_format, JsonObjectFormat):
-            grammar = json_object_grammar()
-        elif isinstance(request.response_format, JsonSchemaFormat):
-            schema = request.response_format.json_schema.schema
-            grammar = await asyncio.to_thread(json_schema_grammar, schema or {"type": "object"})
+        plan = tool_plan(request)
+        messages = chat_messages(request.messages)
+        answer = _answer_schema(request)
 
         async def prepare(engine: Engine) -> tuple[list[list[int]], SamplingParams]:
+            grammar, opening = await asyncio.to_thread(_grammar, engine, plan, answer)
             params = request.sampling_params(
                 self._defaults,
                 vocab_size=engine.vocab_size,
                 logprobs=request.top_logprob_count(),
                 grammar=grammar,
+                grammar_opening=opening,
             )
-            messages = [
-                ChatMessage("system" if m.role == "developer" else m.role, m.text())
-                for m in request.messages
-            ]
-            return [await engine.tokenize_chat(messages)], params
+            tools = plan.tools if plan.calling else ()
+            tokens = await engine.tokenize_chat(messages, tools, tool_required=plan.forced)
+            return [tokens], params
 
-        return await self._new_job(caller, request.model, request.n or 1, prepare)
+        return await self._new_job(caller, request.model, request.n or 1, prepare), plan
 
     async def create(self, request: ChatCompletionRequest, caller: Caller) -> ChatCompletion:
         """The whole answer."""
-        job = await self._job(request, caller)
+        job, plan = await self._job(request, caller)
         choices = await collect(job)
+        replies = []
+        for i, choice in enumerate(choices):
+            message, finish = _reply(job, plan, choice.text, choice.done)
+            logprobs = _logprobs(choice.logprobs) if request.logprobs else None
+            replies.append(
+                ChatChoice(index=i, message=message, logprobs=logprobs, finish_reason=finish)
+            )
         return ChatCompletion(
             id=new_id("chatcmpl"),
             created=now(),
             model=job.model,
-            choices=[
-                ChatChoice(
-                    index=i,
-                    message=AssistantMessage(content=c.text),
-                    logprobs=_logprobs(c.logprobs) if request.logprobs else None,
-                    finish_reason=c.done.reason,
-                )
-                for i, c in enumerate(choices)
-            ],
+            choices=replies,
             usage=usage_of(job, choices),
         )
 
     async def stream(self, request: ChatCompletionRequest, caller: Caller) -> AsyncIterator[bytes]:
         """Server-sent events of ``chat.completion.chunk``s, then ``[DONE]``."""
-        job = await self._job(request, caller)
+        job, plan = await self._job(request, caller)
         events = await started(job)
         response_id, created = new_id("chatcmpl"), now()
+        streams = [_ChoiceStream(job, plan, bool(request.logprobs)) for _ in range(job.choices)]
 
         def chunk(choices: list[ChunkChoice], usage: Usage | None = None) -> bytes:
             return sse(
@@ -100,22 +105,171 @@ class ChatServing(OpenAIServing):
             )
 
         def on_event(index: int, event: GenerationEvent) -> bytes:
+            choice = streams[index]
             if isinstance(event, Finished):
-                return chunk([ChunkChoice(index=index, delta=Delta(), finish_reason=event.reason)])
-            logprobs = _logprobs(list(event.logprobs)) if request.logprobs else None
-            return chunk(
-                [ChunkChoice(index=index, delta=Delta(content=event.text), logprobs=logprobs)]
-            )
+                return b"".join(chunk([c]) for c in choice.chunks(index, choice.finish(event)))
+            choice.tokens += event.logprobs
+            return b"".join(chunk([c]) for c in choice.chunks(index, choice.feed(event.text)))
 
+        # With tools the reply may be calls only, whose content OpenAI streams as null.
+        opening = None if plan.calling else ""
         roles = chunk(
             [
-                ChunkChoice(index=i, delta=Delta(role="assistant", content=""))
+                ChunkChoice(index=i, delta=Delta(role="assistant", content=opening))
                 for i in range(job.choices)
             ]
         )
         return stream(
             job, events, on_event, lambda usage: chunk([], usage), request.include_usage, roles
         )
+
+
+def _answer_schema(request: ChatCompletionRequest) -> JsonAlternative | None:
+    """The JSON a ``response_format`` asks for, as a schema."""
+    if isinstance(request.response_format, JsonObjectFormat):
+        return JsonAlternative({"type": "object"}, strict=False, param="response_format")
+    if isinstance(request.response_format, JsonSchemaFormat):
+        spec = request.response_format.json_schema
+        schema = spec.schema or {"type": "object"}
+        return JsonAlternative(schema, bool(spec.strict), _RESPONSE_SCHEMA)
+    return None
+
+
+def _grammar(
+    engine: Engine, plan: ToolPlan, answer: JsonAlternative | None
+) -> tuple[str | None, str | None]:
+    """The grammar that holds the reply to what was asked: calls valid against their tools
+    (forced, or once the model writes the opening of one: then also the opening), JSON of a
+    schema, or either."""
+    if plan.calling:
+        tool_format = engine.tool_format
+        if plan.choice == "auto" and answer is not None and tool_format.opening_in_call:
+            raise InvalidRequest(
+                f"This model writes its calls as bare JSON objects ({tool_format.name} format), "
+                "so an answer in JSON could not be told from a call: send response_format "
+                "without tools, or tool_choice 'required' or 'none'.",
+                param="response_format",
+            )
+        free_text = plan.choice == "auto" and answer is None
+        grammar, _ = tool_format.grammar(
+            plan.tools,
+            params=plan.params,
+            only=plan.name,
+            parallel=plan.parallel,
+            or_json=answer if plan.choice == "auto" else None,
+            after_opening=free_text,
+        )
+        return grammar, tool_format.opening_regex if free_text else None
+    if answer is None:
+        return None, None
+    if answer.param == "response_format":
+        return json_object_grammar(), None
+    grammar, _ = json_schema_grammar(answer.schema, strict=answer.strict, param=answer.param)
+    return grammar, None
+
+
+def _finish(plan: ToolPlan, called: bool, finished: Finished) -> ChatFinishReason:
+    if finished.reason == "length" or not called:
+        return finished.reason
+    return "function_call" if plan.legacy else "tool_calls"
+
+
+def _reply(
+    job: Job, plan: ToolPlan, text: str, finished: Finished
+) -> tuple[AssistantMessage, ChatFinishReason]:
+    """The assistant's message from the generated text: its content and its calls."""
+    if not plan.calling:
+        return AssistantMessage(content=text), finished.reason
+    reader = ToolCallReader(job.engine.tool_format)
+    reader.feed(text)
+    reader.finish()
+    # A call cut by max_tokens is left out: every call returned parses.
+    calls = [call for call in reader.calls if call.name and call.complete]
+    content: str | None = reader.content
+    if calls:
+        content = (content or "").strip() or None
+    finish = _finish(plan, bool(calls), finished)
+    if not calls:
+        return AssistantMessage(content=content), finish
+    if plan.legacy:
+        first = FunctionCall(name=calls[0].name, arguments=calls[0].arguments)
+        return AssistantMessage(content=content, function_call=first), finish
+    views = [
+        ToolCallView(
+            id=job.engine.tool_format.call_id(),
+            function=FunctionCall(name=c.name, arguments=c.arguments),
+        )
+        for c in calls
+    ]
+    return AssistantMessage(content=content, tool_calls=views), finish
+
+
+class _ChoiceStream:
+    """One streamed choice: its text passed on, or read for tool calls as it comes."""
+
+    def __init__(self, job: Job, plan: ToolPlan, logprobs: bool) -> None:
+        self._plan = plan
+        self._logprobs = logprobs
+        self.tokens: list[TokenLogprob] = []
+        """Log probabilities of the tokens not yet sent (they go with the next chunk)."""
+        self._format = job.engine.tool_format
+        self._reader = ToolCallReader(self._format) if plan.calling else None
+        self._ids: list[str] = []
+        self._blank = ""  # leading whitespace held back
+        self._spoke = False  # whether any content went out
+
+    def feed(self, text: str) -> list[dict[str, Any]]:
+        """The chunks' ``delta`` (and ``finish_reason``) for newly generated ``text``."""
+        if self._reader is None:
+            return [{"delta": Delta(content=text)}]
+        content, calls = self._reader.feed(text)
+        deltas: list[dict[str, Any]] = []
+        if content:
+            # Blank text before the first words waits: before a call it is no content at all.
+            content = self._blank + content
+            self._blank = "" if content.strip() or self._spoke else content
+            if content.strip() or self._spoke:
+                self._spoke = True
+                deltas.append({"delta": Delta(content=content)})
+        deltas += [{"delta": self._call_delta(call)} for call in calls]
+        return deltas
+
+    def chunks(self, index: int, deltas: list[dict[str, Any]]) -> list[ChunkChoice]:
+        """The chunks of ``deltas``, the first with the log probabilities not yet sent (a token
+        that makes no delta, inside a call or half a character, sends its own with the next)."""
+        chunks = [ChunkChoice(index=index, **d) for d in deltas]
+        if chunks and self._logprobs:
+            chunks[0].logprobs, self.tokens = _logprobs(self.tokens), []
+        return chunks
+
+    def finish(self, finished: Finished) -> list[dict[str, Any]]:
+        deltas: list[dict[str, Any]] = []
+        if self._reader is not None:
+            called = any(call.name and call.complete for call in self._reader.calls)
+            held = self._reader.finish()
+            if not called and (self._blank + held):
+                deltas.append({"delta": Delta(content=self._blank + held)})
+        else:
+            called = False
+        deltas.append({"delta": Delta(), "finish_reason": _finish(self._plan, called, finished)})
+        return deltas
+
+    def _call_delta(self, call: CallDelta) -> Delta:
+        if self._plan.legacy:
+            if call.name is not None:
+                return Delta(function_call=FunctionCallDelta(name=call.name, arguments=""))
+            return Delta(function_call=FunctionCallDelta(arguments=call.arguments))
+        if call.name is not None:
+            self._ids.append(self._format.call_id())
+            function = FunctionCallDelta(name=call.name, arguments="")
+            view = ToolCallDelta(
+                index=call.index, id=self._ids[call.index], type="function", function=function
+            )
+        else:
+            view = ToolCallDelta(
+                index=call.index, function=FunctionCallDelta(arguments=call.arguments)
+            )
+        return Delta(tool_calls=[view])
 
 
 def _logprobs(tokens: list[TokenLogprob]) -> ChoiceLogprobs:

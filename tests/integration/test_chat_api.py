@@ -260,7 +260,11 @@ def test_penalties_and_llama_cpp_sampling_fields_are_accepted(client: openai.Ope
 
 def test_sdk_refusals(client: openai.OpenAI) -> None:
     refusals = [
-        {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
+        {
+            "tools": [
+                {"type": "function", "function": {"name": "f", "parameters": {"type": "array"}}}
+            ]
+        },
         {"top_logprobs": 2},
         {"messages": []},
         {"messages": [{"role": "user", "content": "hello " * 2000}]},

@@ -23,6 +23,20 @@ COMPLETIONS = "/v1/completions"
 USER = [{"role": "user", "content": "hi"}]
 
 
+def tool(parameters: Any, *, strict: bool | None = None) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": "f", "parameters": parameters}
+    if strict is not None:
+        function["strict"] = strict
+    return {"type": "function", "function": function}
+
+
+def nested_all_of(depth: int) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object"}
+    for _ in range(depth):
+        schema = {"allOf": [schema]}
+    return schema
+
+
 @dataclass
 class Bad:
     """One malformed request and what it must get."""
@@ -193,10 +207,91 @@ CATALOGUE = [
         ),
     ),
     Bad(
-        "tools",
+        "a tool of another type",
         CHAT,
-        body=chat(tools=[{"type": "function", "function": {"name": "f"}}]),
-        param="tools",
+        body=chat(tools=[{"type": "web_search", "function": {"name": "f"}}]),
+        param="tools[0].type",
+    ),
+    Bad(
+        "a tool without a name",
+        CHAT,
+        body=chat(tools=[{"type": "function", "function": {"description": "x"}}]),
+        param="tools[0].function.name",
+    ),
+    Bad(
+        "a tool's parameters that are no object",
+        CHAT,
+        body=chat(tools=[{"type": "function", "function": {"name": "f", "parameters": []}}]),
+        param="tools[0].function.parameters",
+    ),
+    Bad(
+        "a tool_choice naming no tool",
+        CHAT,
+        body=chat(
+            tools=[{"type": "function", "function": {"name": "f"}}],
+            tool_choice={"type": "function", "function": {"name": "g"}},
+        ),
+        param="tool_choice.function.name",
+    ),
+    Bad(
+        "a tool message answering no call",
+        CHAT,
+        body=chat(messages=[*USER, {"role": "tool", "tool_call_id": "call_9", "content": "x"}]),
+        param="messages[1].tool_call_id",
+    ),
+    Bad(
+        "a tool schema that would cost too much",
+        CHAT,
+        body=chat(
+            tools=[
+                tool({"type": "object", "properties": {"a": {"type": "array", "minItems": 10**8}}})
+            ]
+        ),
+        param="tools[0].function.parameters",
+    ),
+    Bad(
+        "a tool schema nested too deeply",
+        CHAT,
+        body=chat(tools=[tool(nested_all_of(200))]),
+        param="tools[0].function.parameters",
+    ),
+    Bad(
+        "a strict tool schema the grammar cannot hold",
+        CHAT,
+        body=chat(
+            tools=[
+                tool(
+                    {
+                        "type": "object",
+                        "properties": {"a": {"type": "string", "enum": ["x"], "pattern": "^y"}},
+                    },
+                    strict=True,
+                )
+            ]
+        ),
+        param="tools[0].function.parameters",
+    ),
+    Bad(
+        "a tool whose parameters are not an object schema",
+        CHAT,
+        body=chat(tools=[tool({"type": "string"})], tool_choice="required"),
+        param="tools[0].function.parameters",
+    ),
+    Bad(
+        "legacy functions with a schema that would cost too much",
+        CHAT,
+        body=chat(
+            functions=[
+                {
+                    "name": "f",
+                    "parameters": {
+                        "type": "object",
+                        "properties": {"a": {"type": "string", "minLength": 10**8}},
+                    },
+                }
+            ]
+        ),
+        param="functions[0].parameters",
     ),
     # structured output
     Bad(

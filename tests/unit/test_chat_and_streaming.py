@@ -222,7 +222,11 @@ async def test_errors_found_before_generating_are_plain_http_errors_when_streami
     [
         ({"model": MODEL, "messages": []}, "messages"),
         ({"model": MODEL}, "messages"),
-        ({"model": MODEL, "messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
+        (
+            {"model": MODEL, "messages": [{"role": "tool", "content": "x"}]},
+            "messages[0].tool_call_id",
+        ),
+        ({"model": MODEL, "messages": [{"role": "critic", "content": "x"}]}, "messages[0].role"),
         ({"model": MODEL, "messages": [{"content": "x"}]}, "messages[0].role"),
         (
             {
@@ -233,8 +237,11 @@ async def test_errors_found_before_generating_are_plain_http_errors_when_streami
             },
             "messages[0].content[0].type",
         ),
-        ({**CHAT, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-        ({**CHAT, "functions": [{"name": "f"}]}, "functions"),
+        (
+            {**CHAT, "tools": [{"type": "function", "function": {"name": "f g"}}]},
+            "tools[0].function.name",
+        ),
+        ({**CHAT, "functions": [{"name": "f"}], "tools": []}, "functions"),
         ({**CHAT, "tool_choice": "required"}, "tool_choice"),
         ({**CHAT, "modalities": ["text", "audio"]}, "modalities"),
         ({**CHAT, "web_search_options": {}}, "web_search_options"),
