@@ -105,5 +105,5 @@ completion = client.completions.create(
     logprobs=1,
     logit_bias={"0": -100},
 )
-for choice in completion.choices:
-    print(f"completion[{choice.index}] ({choice.finish_reason}):", repr(choice.text))
+for done in completion.choices:
+    print(f"completion[{done.index}] ({done.finish_reason}):", repr(done.text))

@@ -7,6 +7,11 @@ from pathlib import Path
 
 import pytest
 
+# As `python -m app serve` does (see app/__main__.py): llama.cpp's OpenMP threads would otherwise
+# spin between decodes, which on a busy 2-core machine starves everything else in the process
+# (the in-thread test servers, the clients). Set before anything imports llama_cpp.
+os.environ.setdefault("GOMP_SPINCOUNT", "30000")
+
 TEST_MODEL_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 

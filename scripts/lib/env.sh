@@ -57,7 +57,9 @@ ensure_venv() {
     wheel="$(llama_wheel)"
     [[ -x "$VENV/bin/python" ]] || "$PYTHON_BIN" -m venv "$VENV"
     log "installing $1 into .venv"
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+    # The lock files are complete resolutions (uv, with pyproject's overrides), so pip installs
+    # them as they are instead of resolving again.
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
         --only-binary llama-cpp-python --find-links "$(dirname "$wheel")" -r "$lock"
     # Same version, other build flags: pip would keep the installed build, so replace it.
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
