@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import msgspec
@@ -368,13 +369,61 @@ def _unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Respon
     )
 
 
+# Anthropic's error types by status, for the routes of its Messages API.
+_ANTHROPIC_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    415: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+}
+ANTHROPIC_PATH = "/v1/messages"
+
+
+class AnthropicErrorBody(msgspec.Struct):
+    type: str
+    message: str
+
+
+class AnthropicError(msgspec.Struct, tag="error", tag_field="type"):
+    """Anthropic's error shape: ``{"type": "error", "error": {"type", "message"}}``."""
+
+    error: AnthropicErrorBody
+
+
+def anthropic_error_type(status_code: int) -> str:
+    """Anthropic's error type for an HTTP status."""
+    fallback = "api_error" if status_code >= 500 else "invalid_request_error"
+    return _ANTHROPIC_ERROR_TYPES.get(status_code, fallback)
+
+
+def _in_protocol_shape(
+    handler: Callable[[Request[Any, Any, Any], Any], Response[ErrorResponse]],
+) -> Callable[[Request[Any, Any, Any], Any], Response[Any]]:
+    """``handler``, answering in Anthropic's shape on the Messages API's routes."""
+
+    def handle(request: Request[Any, Any, Any], exc: Any) -> Response[Any]:
+        response = handler(request, exc)
+        path = request.scope.get("path", "")
+        if path != ANTHROPIC_PATH and not path.startswith(ANTHROPIC_PATH + "/"):
+            return response
+        status = response.status_code or HTTP_500_INTERNAL_SERVER_ERROR
+        body = AnthropicErrorBody(anthropic_error_type(status), response.content.error.message)
+        return Response(AnthropicError(body), status_code=status, headers=response.headers)
+
+    return handle
+
+
 exception_handlers: ExceptionHandlersMap = {
-    ServiceError: _service_error,
-    ValidationException: _validation_error,
-    HTTPException: _http_error,
-    UnicodeDecodeError: _undecodable_body,
-    RecursionError: _undecodable_body,
-    Exception: _unexpected_error,
+    ServiceError: _in_protocol_shape(_service_error),
+    ValidationException: _in_protocol_shape(_validation_error),
+    HTTPException: _in_protocol_shape(_http_error),
+    UnicodeDecodeError: _in_protocol_shape(_undecodable_body),
+    RecursionError: _in_protocol_shape(_undecodable_body),
+    Exception: _in_protocol_shape(_unexpected_error),
 }
 
 

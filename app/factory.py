@@ -35,6 +35,8 @@ from app.accounts.service import AccountService
 from app.accounts.store import AccountStore
 from app.accounts.throttle import LoginThrottle
 from app.accounts.usage import UsageLedger
+from app.anthropic.controllers import AnthropicController
+from app.anthropic.serving import MessagesServing
 from app.db import Database
 from app.errors import exception_handlers, require_json_body
 from app.inference.catalog import Catalog, ModelSpec, load_catalog
@@ -70,6 +72,7 @@ class Services:
     chat: ChatServing
     completions: CompletionServing
     models: ModelServing
+    messages: MessagesServing
 
 
 def database_path(settings: Settings) -> Path:
@@ -150,6 +153,7 @@ def build_services(
     )
     accounts = account_service(settings, db)
     defaults = SamplingDefaults(max_tokens=settings.max_length, temperature=settings.temperature)
+    chat = ChatServing(host, defaults, limits=limits, ledger=ledger, metrics=metrics)
     return Services(
         db=db,
         accounts=accounts,
@@ -166,11 +170,12 @@ def build_services(
         limits=limits,
         host=host,
         metrics=metrics,
-        chat=ChatServing(host, defaults, limits=limits, ledger=ledger, metrics=metrics),
+        chat=chat,
         completions=CompletionServing(
             host, defaults, limits=limits, ledger=ledger, metrics=metrics
         ),
         models=ModelServing(host, OWNED_BY),
+        messages=MessagesServing(chat),
     )
 
 
@@ -197,6 +202,7 @@ def create_app(
             *([metrics_endpoint] if settings.metrics_listen is None else []),
             OpenAIController,
             TokenizerController,
+            AnthropicController,
             AuthController,
             MeController,
             AdminController,

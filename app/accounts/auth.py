@@ -106,7 +106,8 @@ ApiKeyUser = Callable[[str], Awaitable[User | None]]
 
 
 class BearerAuthMiddleware(JWTAuthenticationMiddleware):
-    """Authenticates ``Authorization: Bearer <JWT or API key>``; nothing else is accepted."""
+    """Authenticates ``Authorization: Bearer <JWT or API key>``, or the same credential in
+    ``x-api-key`` (as Anthropic's clients send it); nothing else is accepted."""
 
     def __init__(self, *, auth_cookie_key: str, api_key_user: ApiKeyUser, **kwargs: Any) -> None:
         # OAuth2PasswordBearerAuth passes a cookie name; tokens are never read from cookies here.
@@ -118,9 +119,13 @@ class BearerAuthMiddleware(JWTAuthenticationMiddleware):
     ) -> AuthenticationResult:
         scheme, _, credential = connection.headers.get("Authorization", "").partition(" ")
         credential = credential.strip()
+        if not scheme and "x-api-key" in connection.headers:
+            # What the Anthropic SDK sends: the same credentials in another header.
+            scheme, credential = "bearer", connection.headers["x-api-key"].strip()
         if scheme.lower() != "bearer" or not credential:
             raise NotAuthenticated(
-                "Missing credentials: send 'Authorization: Bearer <access token or API key>'."
+                "Missing credentials: send 'Authorization: Bearer <access token or API key>' "
+                "(or 'x-api-key: <API key or access token>')."
             )
         if credential.startswith(API_KEY_PREFIX):
             user = await self._api_key_user(credential)

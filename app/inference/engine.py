@@ -94,6 +94,8 @@ class Finished(msgspec.Struct, frozen=True, kw_only=True):
     reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
+    stop_sequence: str | None = None
+    """The stop sequence that ended the text, if one did."""
 
 
 GenerationEvent = TextDelta | Finished

@@ -375,6 +375,7 @@ class Scheduler:
                 reason=reason,
                 prompt_tokens=len(request.prompt),
                 completion_tokens=slot.generated,
+                stop_sequence=slot.stops.matched,
             ),
         )
         self._release(slot, keep_cache=True)

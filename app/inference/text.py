@@ -16,6 +16,8 @@ class StopMatcher:
     def __init__(self, stops: Iterable[str]) -> None:
         self._stops = tuple(s for s in stops if s)
         self._pending = ""
+        self.matched: str | None = None
+        """The stop sequence that was reached, once one was."""
 
     def feed(self, text: str) -> tuple[str, bool]:
         """Adds ``text``; returns (text safe to release, whether a stop sequence was reached).
@@ -25,10 +27,11 @@ class StopMatcher:
         if not self._stops:
             return text, False
         buffer = self._pending + text
-        hits = [i for i in (buffer.find(stop) for stop in self._stops) if i >= 0]
+        hits = [(i, stop) for stop in self._stops if (i := buffer.find(stop)) >= 0]
         if hits:
             self._pending = ""
-            return buffer[: min(hits)], True
+            at, self.matched = min(hits, key=lambda hit: hit[0])
+            return buffer[:at], True
         hold = max((_overlap(buffer, stop) for stop in self._stops), default=0)
         self._pending = buffer[len(buffer) - hold :]
         return buffer[: len(buffer) - hold], False

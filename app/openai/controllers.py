@@ -61,7 +61,8 @@ _SAMPLING = (
 )
 
 
-def _sse(chunks: AsyncIterator[bytes], caller: Caller) -> Stream:
+def event_stream(chunks: AsyncIterator[bytes], caller: Caller) -> Stream:
+    """Server-sent events, unbuffered, with the caller's rate-limit headers."""
     return Stream(
         chunks,
         media_type="text/event-stream",
@@ -126,7 +127,7 @@ class OpenAIController(Controller):
         caller: Admitted,
     ) -> Response[CompletionResponse] | Stream:
         if data.stream:
-            return _sse(await completions.stream(data, caller), caller)
+            return event_stream(await completions.stream(data, caller), caller)
         return Response(await completions.create(data, caller), headers=caller.headers())
 
     @post(
@@ -167,7 +168,7 @@ class OpenAIController(Controller):
         caller: Admitted,
     ) -> Response[ChatCompletion] | Stream:
         if data.stream:
-            return _sse(await chat.stream(data, caller), caller)
+            return event_stream(await chat.stream(data, caller), caller)
         return Response(await chat.create(data, caller), headers=caller.headers())
 
 

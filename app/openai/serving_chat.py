@@ -4,7 +4,9 @@ with structured outputs and tool calls held to their schemas by a grammar."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import json
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -67,6 +69,25 @@ class ChatServing(OpenAIServing):
 
         return await self._new_job(caller, request.model, request.n or 1, prepare), plan
 
+    async def turn(self, request: ChatCompletionRequest, caller: Caller) -> Turn:
+        """One reply (``n`` is 1), started, as protocol-neutral parts: what the Responses and
+        Messages APIs are built on."""
+        job, plan = await self._job(request, caller)
+        return Turn(job, plan, await started(job))
+
+    async def count_prompt(self, request: ChatCompletionRequest, caller: Caller) -> int:
+        """How many tokens the request's prompt is, as the model's template renders it."""
+        request.check_supported()
+        plan = tool_plan(request)
+        messages = chat_messages(request.messages)
+        lease = await self._host.acquire(request.model)
+        try:
+            tools = plan.tools if plan.calling else ()
+            tokens = await lease.engine.tokenize_chat(messages, tools, tool_required=plan.forced)
+        finally:
+            lease.release()
+        return len(tokens)
+
     async def create(self, request: ChatCompletionRequest, caller: Caller) -> ChatCompletion:
         """The whole answer."""
         job, plan = await self._job(request, caller)
@@ -122,6 +143,123 @@ class ChatServing(OpenAIServing):
         return stream(
             job, events, on_event, lambda usage: chunk([], usage), request.include_usage, roles
         )
+
+
+@dataclass(frozen=True)
+class ReplyText:
+    """Text of the reply."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ReplyCall:
+    """A call begins: its id and function (its arguments follow)."""
+
+    index: int
+    id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class ReplyArguments:
+    """A piece of a call's arguments (compact JSON)."""
+
+    index: int
+    arguments: str
+
+
+@dataclass(frozen=True)
+class ReplyEnd:
+    """The reply is over."""
+
+    reason: ChatFinishReason
+    finished: Finished
+
+
+ReplyPart = ReplyText | ReplyCall | ReplyArguments | ReplyEnd
+
+
+@dataclass
+class Reply:
+    """A whole reply, gathered from its parts."""
+
+    text: str = ""
+    calls: list[tuple[str, str, str]] = field(default_factory=list)
+    """(id, name, arguments) of each whole call."""
+    end: ReplyEnd | None = None
+
+
+class Turn:
+    """A started reply; its parts come as they are generated. The job's slot, usage and
+    metrics are handled as for a chat completion; closing the parts early cancels it."""
+
+    def __init__(
+        self, job: Job, plan: ToolPlan, events: AsyncGenerator[tuple[int, GenerationEvent]]
+    ) -> None:
+        self.job = job
+        self._plan = plan
+        self._events = events
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.job.prompt_tokens
+
+    async def parts(self) -> AsyncGenerator[ReplyPart]:
+        """The reply's parts, ``ReplyEnd`` last."""
+        choice = _ChoiceStream(self.job, self._plan, logprobs=False)
+        try:
+            async for _, event in self._events:
+                if isinstance(event, Finished):
+                    deltas = choice.finish(event)
+                else:
+                    deltas = choice.feed(event.text)
+                for item in deltas:
+                    for part in _parts(item["delta"], item.get("finish_reason"), event):
+                        yield part
+        finally:
+            await self._events.aclose()
+
+    async def reply(self) -> Reply:
+        """The whole reply. A call cut by ``max_tokens`` is left out."""
+        reply = Reply()
+        calls: dict[int, list[str]] = {}
+        async for part in self.parts():
+            if isinstance(part, ReplyText):
+                reply.text += part.text
+            elif isinstance(part, ReplyCall):
+                calls[part.index] = [part.id, part.name, ""]
+            elif isinstance(part, ReplyArguments):
+                calls[part.index][2] += part.arguments
+            else:
+                reply.end = part
+        for call_id, name, arguments in calls.values():
+            if _whole(arguments):
+                reply.calls.append((call_id, name, arguments))
+        if reply.calls:
+            reply.text = reply.text.strip()
+        return reply
+
+
+def _parts(delta: Delta, reason: ChatFinishReason | None, event: object) -> list[ReplyPart]:
+    parts: list[ReplyPart] = []
+    if isinstance(delta.content, str) and delta.content:
+        parts.append(ReplyText(delta.content))
+    for call in delta.tool_calls or ():
+        if isinstance(call.id, str) and isinstance(call.function.name, str):
+            parts.append(ReplyCall(call.index, call.id, call.function.name))
+        elif isinstance(call.function.arguments, str) and call.function.arguments:
+            parts.append(ReplyArguments(call.index, call.function.arguments))
+    if reason is not None and isinstance(event, Finished):
+        parts.append(ReplyEnd(reason, event))
+    return parts
+
+
+def _whole(arguments: str) -> bool:
+    try:
+        return isinstance(json.loads(arguments), dict)
+    except ValueError:
+        return False
 
 
 def _answer_schema(request: ChatCompletionRequest) -> JsonAlternative | None:
