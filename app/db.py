@@ -84,6 +84,23 @@ MIGRATIONS: tuple[str, ...] = (
     DROP TABLE users;
     ALTER TABLE users_new RENAME TO users;
     """,
+    """
+    -- Stored responses (/v1/responses), private to their user and deleted with them.
+    CREATE TABLE responses (
+        id TEXT PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+        created_at INTEGER NOT NULL,
+        -- The response object as the API returns it (JSON).
+        body TEXT NOT NULL,
+        -- This request's input items, with their ids (JSON).
+        input_items TEXT NOT NULL,
+        -- The conversation a follow-up continues from: earlier turns, this input, this output
+        -- (JSON chat messages, without the instructions).
+        conversation TEXT NOT NULL
+    );
+    CREATE INDEX responses_by_user ON responses (user_id);
+    CREATE INDEX responses_by_age ON responses (created_at);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -42,11 +42,13 @@ from app.errors import exception_handlers, require_json_body
 from app.inference.catalog import Catalog, ModelSpec, load_catalog
 from app.inference.engine import Engine, EngineConfig
 from app.inference.host import EngineLoader, HostConfig, ModelHost, load_llama_engine
-from app.openai.controllers import OpenAIController, TokenizerController
+from app.openai.controllers import OpenAIController, ResponsesController, TokenizerController
 from app.openai.protocol import SamplingDefaults
+from app.openai.response_store import ResponseStore
 from app.openai.serving_chat import ChatServing
 from app.openai.serving_completions import CompletionServing
 from app.openai.serving_models import ModelServing
+from app.openai.serving_responses import ResponsesServing
 from app.settings import Settings
 from app.system.access import RequestContext
 from app.system.disconnect import CancelOnDisconnect
@@ -73,6 +75,7 @@ class Services:
     completions: CompletionServing
     models: ModelServing
     messages: MessagesServing
+    responses: ResponsesServing
 
 
 def database_path(settings: Settings) -> Path:
@@ -176,6 +179,9 @@ def build_services(
         ),
         models=ModelServing(host, OWNED_BY),
         messages=MessagesServing(chat),
+        responses=ResponsesServing(
+            chat, ResponseStore(db, retention_days=settings.responses_retention_days)
+        ),
     )
 
 
@@ -201,6 +207,7 @@ def create_app(
             health,
             *([metrics_endpoint] if settings.metrics_listen is None else []),
             OpenAIController,
+            ResponsesController,
             TokenizerController,
             AnthropicController,
             AuthController,
@@ -218,6 +225,7 @@ def create_app(
             services.db.lifespan,
             first_admin.lifespan,
             services.ledger.lifespan,
+            services.responses.lifespan,
             metrics_listener(services.metrics, settings.metrics_listen),
             services.host.lifespan,
         ],

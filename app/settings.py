@@ -259,6 +259,14 @@ class Settings(
             description="Requests each user may have in progress at once; 0: no limit.",
         ),
     ] = 4
+    responses_retention_days: Annotated[
+        int,
+        Meta(
+            ge=1,
+            le=36_500,
+            description="Days a stored /v1/responses response is kept (for GET and chaining).",
+        ),
+    ] = 30
     login_max_failures: Annotated[
         int,
         Meta(ge=1, description="Failed logins per username or client address before a pause."),

@@ -9,12 +9,12 @@ and gives them their turn.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.openapi.spec import Example
-from litestar.params import Body, FromPath, SkipValidation
+from litestar.params import Body, FromPath, FromQuery, QueryParameter, SkipValidation
 from litestar.response import Stream
 
 from app.accounts.limits import Caller, Limits
@@ -30,13 +30,16 @@ from app.openai.protocol_models import (
     TokenizeRequest,
     TokenizeResponse,
 )
+from app.openai.protocol_responses import Deleted, InputItemList, ResponseObject, ResponseRequest
 from app.openai.serving_chat import ChatServing
 from app.openai.serving_completions import CompletionServing
 from app.openai.serving_models import ModelServing
+from app.openai.serving_responses import ResponsesServing
 
 Chat = NamedDependency[SkipValidation[ChatServing]]
 Completions = NamedDependency[SkipValidation[CompletionServing]]
 Models = NamedDependency[SkipValidation[ModelServing]]
+Responses = NamedDependency[SkipValidation[ResponsesServing]]
 Admitted = NamedDependency[SkipValidation[Caller]]
 
 
@@ -170,6 +173,108 @@ class OpenAIController(Controller):
         if data.stream:
             return event_stream(await chat.stream(data, caller), caller)
         return Response(await chat.create(data, caller), headers=caller.headers())
+
+
+class ResponsesController(Controller):
+    """OpenAI's Responses API, with responses stored per user."""
+
+    path = "/v1/responses"
+    tags = ["OpenAI Responses"]  # noqa: RUF012
+    dependencies = {"caller": Provide(admit_caller)}  # noqa: RUF012
+
+    @post(
+        "/",
+        summary="Create a response",
+        description=(
+            "`input` as a string or items (messages with `input_text` parts, `function_call`, "
+            "`function_call_output`), `instructions`, function `tools`, `tool_choice`, "
+            "`parallel_tool_calls`, `text.format` (`text`, `json_object`, `json_schema`), "
+            "`max_output_tokens`, `temperature`, `top_p`, `seed`, `metadata`. `store` (default "
+            "true) keeps the response for you alone (GET, input items, `previous_response_id`, "
+            "for `APP_RESPONSES_RETENTION_DAYS`); `previous_response_id` continues from a stored "
+            "response, reusing what the engine cached of it. `background: true` answers at once "
+            "(`queued`); poll GET, or cancel. With `stream: true`, typed server-sent events "
+            "(`response.created` ... `response.completed`), each with a `sequence_number`."
+        ),
+        status_code=200,
+        responses=error_responses(400, 401, 404, 413, 503),
+    )
+    async def create_response(
+        self,
+        data: Annotated[
+            ResponseRequest,
+            Body(
+                examples=[
+                    Example(
+                        summary="Ask a question",
+                        value={
+                            "model": "tinyllama-1.1b",
+                            "instructions": "You are a helpful assistant.",
+                            "input": "What is the capital of France?",
+                            "max_output_tokens": 64,
+                        },
+                    )
+                ]
+            ),
+        ],
+        responses: Responses,
+        caller: Admitted,
+    ) -> Response[ResponseObject] | Stream:
+        if data.stream:
+            return event_stream(await responses.stream(data, caller), caller)
+        return Response(await responses.create(data, caller), headers=caller.headers())
+
+    @get(
+        "/{response_id:str}",
+        summary="Get a stored response",
+        responses=error_responses(401, 404),
+    )
+    async def get_response(
+        self, response_id: FromPath[str], responses: Responses, caller: Admitted
+    ) -> Response[ResponseObject]:
+        return Response(await responses.retrieve(response_id, caller), headers=caller.headers())
+
+    @delete(
+        "/{response_id:str}",
+        summary="Delete a stored response",
+        status_code=200,
+        responses=error_responses(401, 404),
+    )
+    async def delete_response(
+        self, response_id: FromPath[str], responses: Responses, caller: Admitted
+    ) -> Response[Deleted]:
+        return Response(await responses.delete(response_id, caller), headers=caller.headers())
+
+    @get(
+        "/{response_id:str}/input_items",
+        summary="List a stored response's input items",
+        responses=error_responses(400, 401, 404),
+    )
+    async def list_input_items(
+        self,
+        response_id: FromPath[str],
+        responses: Responses,
+        caller: Admitted,
+        order: FromQuery[Literal["asc", "desc"]] = "desc",
+        limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
+        after: FromQuery[str | None] = None,
+    ) -> Response[InputItemList]:
+        items = await responses.input_items(
+            response_id, caller, order=order, limit=limit, after=after
+        )
+        return Response(items, headers=caller.headers())
+
+    @post(
+        "/{response_id:str}/cancel",
+        summary="Cancel a background response",
+        description="Stops its generation (freeing its slot); answers the response as it is.",
+        status_code=200,
+        responses=error_responses(400, 401, 404),
+    )
+    async def cancel_response(
+        self, response_id: FromPath[str], responses: Responses, caller: Admitted
+    ) -> Response[ResponseObject]:
+        return Response(await responses.cancel(response_id, caller), headers=caller.headers())
 
 
 class TokenizerController(Controller):

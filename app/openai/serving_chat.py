@@ -69,11 +69,14 @@ class ChatServing(OpenAIServing):
 
         return await self._new_job(caller, request.model, request.n or 1, prepare), plan
 
-    async def turn(self, request: ChatCompletionRequest, caller: Caller) -> Turn:
-        """One reply (``n`` is 1), started, as protocol-neutral parts: what the Responses and
-        Messages APIs are built on."""
+    async def turn(
+        self, request: ChatCompletionRequest, caller: Caller, *, wait: bool = True
+    ) -> Turn:
+        """One reply (``n`` is 1) as protocol-neutral parts: what the Responses and Messages
+        APIs are built on. Checked, tokenized and holding the caller's slot; with ``wait``,
+        also started, so that what fails before the first token is an ordinary HTTP error."""
         job, plan = await self._job(request, caller)
-        return Turn(job, plan, await started(job))
+        return Turn(job, plan, await started(job) if wait else job.start())
 
     async def count_prompt(self, request: ChatCompletionRequest, caller: Caller) -> int:
         """How many tokens the request's prompt is, as the model's template renders it."""
@@ -200,6 +203,7 @@ class Turn:
         self.job = job
         self._plan = plan
         self._events = events
+        self._read = False
 
     @property
     def prompt_tokens(self) -> int:
@@ -207,6 +211,7 @@ class Turn:
 
     async def parts(self) -> AsyncGenerator[ReplyPart]:
         """The reply's parts, ``ReplyEnd`` last."""
+        self._read = True
         choice = _ChoiceStream(self.job, self._plan, logprobs=False)
         try:
             async for _, event in self._events:
@@ -219,6 +224,14 @@ class Turn:
                         yield part
         finally:
             await self._events.aclose()
+
+    async def close(self) -> None:
+        """Ends the turn: its generation stops, and what it holds (the caller's slot, the
+        model's lease) is given back even if its parts were never read."""
+        if not self._read:
+            self._read = True
+            await self.job.held.aclose()
+        await self._events.aclose()
 
     async def reply(self) -> Reply:
         """The whole reply. A call cut by ``max_tokens`` is left out."""

@@ -1,0 +1,85 @@
+"""Stored responses (``/v1/responses`` with ``store: true``), in the service's database.
+
+Each row belongs to one user: every read, update and delete names the user, so another user's
+id is simply not found. Rows older than the retention are deleted as new ones are written, and a
+user's rows go with the user (a foreign key).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from app.db import Database
+
+# Old rows are looked for at most this often (seconds).
+_PURGE_EVERY = 60.0
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    """One stored response, its parts as JSON texts."""
+
+    id: str
+    body: bytes
+    input_items: bytes
+    conversation: bytes
+
+
+class ResponseStore:
+    """Reads and writes the ``responses`` table."""
+
+    def __init__(self, db: Database, *, retention_days: int) -> None:
+        self._db = db
+        self._retention = retention_days * 86400
+        self._purged = 0.0
+
+    async def save(self, user_id: int, stored: StoredResponse, *, created_at: int) -> None:
+        """Writes (or rewrites) a response, committed on return."""
+        await self._db.execute(
+            "INSERT INTO responses (id, user_id, created_at, body, input_items, conversation) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET body = excluded.body, "
+            "conversation = excluded.conversation WHERE user_id = excluded.user_id",
+            (
+                stored.id,
+                user_id,
+                created_at,
+                stored.body.decode(),
+                stored.input_items.decode(),
+                stored.conversation.decode(),
+            ),
+        )
+        await self._purge()
+
+    async def get(self, user_id: int, response_id: str) -> StoredResponse | None:
+        """The user's response of this id, if there is one (and it is not past retention)."""
+        row = await self._db.fetch_one(
+            "SELECT id, body, input_items, conversation FROM responses "
+            "WHERE id = ? AND user_id = ? AND created_at >= ?",
+            (response_id, user_id, self._oldest()),
+        )
+        if row is None:
+            return None
+        return StoredResponse(
+            row["id"],
+            row["body"].encode(),
+            row["input_items"].encode(),
+            row["conversation"].encode(),
+        )
+
+    async def delete(self, user_id: int, response_id: str) -> bool:
+        """Deletes the user's response of this id; whether there was one."""
+        changed, _ = await self._db.execute(
+            "DELETE FROM responses WHERE id = ? AND user_id = ?", (response_id, user_id)
+        )
+        return changed > 0
+
+    def _oldest(self) -> int:
+        return int(time.time()) - self._retention
+
+    async def _purge(self) -> None:
+        now = time.monotonic()
+        if now - self._purged < _PURGE_EVERY:
+            return
+        self._purged = now
+        await self._db.execute("DELETE FROM responses WHERE created_at < ?", (self._oldest(),))

@@ -1,0 +1,254 @@
+"""The Responses API above the engine: what the chat machinery is asked, the store (privacy,
+chaining, input items, deletion with the user, retention), the stream's events, background
+responses and bad requests, over a scripted engine and a real SQLite database."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from app.factory import create_app
+from tests.unit.fakes import FakeEngine
+from tests.unit.support import ADMIN, ADMIN_PASSWORD, bearer, login, settings_for
+
+MODEL = "tinyllama-1.1b"
+TOOL = {
+    "type": "function",
+    "name": "get_weather",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+}
+CALL_WORDS = [
+    '{"tool_calls":',
+    '[{"name":',
+    '"get_weather",',
+    '"arguments":',
+    '{"city":',
+    '"Oslo"}}]}',
+]
+
+
+@pytest.fixture
+def engine() -> FakeEngine:
+    return FakeEngine(words=("Sure.", *CALL_WORDS))
+
+
+@pytest.fixture
+async def client(tmp_path: Path, engine: FakeEngine) -> AsyncIterator[AsyncTestClient[Any]]:
+    app = create_app(settings_for(tmp_path), engine=engine)
+    async with AsyncTestClient(app=app) as client:
+        client.headers.update(bearer(await login(client, ADMIN, ADMIN_PASSWORD)))
+        yield client
+
+
+def body(**fields: Any) -> dict[str, Any]:
+    return {"model": MODEL, "input": "Weather in Oslo?", "max_output_tokens": 50, **fields}
+
+
+async def create(client: AsyncTestClient[Any], **fields: Any) -> dict[str, Any]:
+    response = await client.post("/v1/responses", json=body(**fields))
+    assert response.status_code == 200, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+async def other_user(client: AsyncTestClient[Any]) -> dict[str, str]:
+    created = await client.post(
+        "/admin/users", json={"username": "mallory", "password": "mallory-password-1"}
+    )
+    assert created.status_code == 201, created.text
+    token = await login(client, "mallory", "mallory-password-1")
+    return bearer(token)
+
+
+async def test_a_call_comes_back_as_a_function_call_item(
+    client: AsyncTestClient[Any], engine: FakeEngine
+) -> None:
+    response = await create(client, tools=[TOOL], instructions="Be brief.")
+    assert response["status"] == "completed"
+    message, call = response["output"]
+    assert message["content"][0]["text"] == "Sure."
+    assert call["type"] == "function_call"
+    assert call["name"] == "get_weather"
+    assert json.loads(call["arguments"]) == {"city": "Oslo"}
+    assert call["call_id"].startswith("call_")
+    assert [m.role for m in engine.chats[-1]] == ["system", "user"]
+    assert response["usage"]["total_tokens"] == (
+        response["usage"]["input_tokens"] + response["usage"]["output_tokens"]
+    )
+
+
+async def test_a_follow_up_continues_the_stored_conversation(
+    client: AsyncTestClient[Any], engine: FakeEngine
+) -> None:
+    first = await create(client, tools=[TOOL], instructions="Old instructions.")
+    call = first["output"][1]
+    output = [{"type": "function_call_output", "call_id": call["call_id"], "output": "cold"}]
+    second = await create(
+        client,
+        previous_response_id=first["id"],
+        input=output,
+        tools=[TOOL],
+        instructions="New instructions.",
+    )
+    assert second["previous_response_id"] == first["id"]
+    history = engine.chats[-1]
+    # The instructions are this request's; the earlier turns, the call and its result follow.
+    assert [m.role for m in history] == ["system", "user", "assistant", "tool"]
+    assert history[0].content == "New instructions."
+    assert history[2].tool_calls[0].id == call["call_id"]
+    assert history[3].content == "cold"
+
+
+async def test_stored_responses_are_their_owners_alone(client: AsyncTestClient[Any]) -> None:
+    mine = await create(client)
+    theirs = await other_user(client)
+    for method, path in [
+        ("GET", f"/v1/responses/{mine['id']}"),
+        ("GET", f"/v1/responses/{mine['id']}/input_items"),
+        ("DELETE", f"/v1/responses/{mine['id']}"),
+        ("POST", f"/v1/responses/{mine['id']}/cancel"),
+    ]:
+        answer = await client.request(method, path, headers=theirs)
+        assert answer.status_code == 404, (method, path, answer.text)
+    chained = await client.post(
+        "/v1/responses", json=body(previous_response_id=mine["id"]), headers=theirs
+    )
+    assert chained.status_code == 400
+    assert chained.json()["error"]["param"] == "previous_response_id"
+    assert (await client.get(f"/v1/responses/{mine['id']}")).status_code == 200
+
+
+async def test_input_items_are_listed_with_ids_in_either_order(
+    client: AsyncTestClient[Any],
+) -> None:
+    items = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "input_text", "text": "One."}]},
+        {"type": "message", "role": "user", "content": "Two."},
+    ]
+    response = await create(client, input=items)
+    path = f"/v1/responses/{response['id']}/input_items"
+    newest = (await client.get(path, params={"limit": 2})).json()
+    assert [i["content"][0]["text"] for i in newest["data"]] == ["Two.", "One."]
+    assert newest["has_more"] is True
+    rest = (await client.get(path, params={"after": newest["last_id"]})).json()
+    assert [i["content"][0]["text"] for i in rest["data"]] == ["Be brief."]
+    oldest = (await client.get(path, params={"order": "asc"})).json()
+    assert [i["role"] for i in oldest["data"]] == ["system", "user", "user"]
+    assert all(i["id"].startswith("msg_") for i in oldest["data"])
+
+
+async def test_not_stored_is_not_kept(client: AsyncTestClient[Any]) -> None:
+    response = await create(client, store=False)
+    assert (await client.get(f"/v1/responses/{response['id']}")).status_code == 404
+
+
+async def test_deleting_a_user_deletes_their_responses(
+    client: AsyncTestClient[Any], tmp_path: Path
+) -> None:
+    theirs = await other_user(client)
+    created = await client.post("/v1/responses", json=body(), headers=theirs)
+    response_id = created.json()["id"]
+    assert (await client.delete("/admin/users/mallory")).status_code in (200, 204)
+    with sqlite3.connect(tmp_path / "data" / "app.db") as db:
+        (count,) = db.execute(
+            "SELECT count(*) FROM responses WHERE id = ?", (response_id,)
+        ).fetchone()
+    assert count == 0
+
+
+async def test_old_responses_are_past_retention(
+    client: AsyncTestClient[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    response = await create(client)
+    later = time.time() + 31 * 86400
+    monkeypatch.setattr(time, "time", lambda: later)
+    assert (await client.get(f"/v1/responses/{response['id']}")).status_code == 404
+
+
+async def test_a_stream_sends_the_events_in_order(client: AsyncTestClient[Any]) -> None:
+    answer = await client.post("/v1/responses", json=body(tools=[TOOL], stream=True))
+    events = []
+    for block in answer.text.strip().split("\n\n"):
+        name, data = block.split("\n")
+        events.append((name.removeprefix("event: "), json.loads(data.removeprefix("data: "))))
+    names = [name for name, _ in events]
+    runs = [n for i, n in enumerate(names) if i == 0 or n != names[i - 1]]  # deltas repeat
+    assert runs == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.output_item.added",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert [data["sequence_number"] for _, data in events] == list(range(len(events)))
+    assert all(data["type"] == name for name, data in events)
+    added = [data for name, data in events if name == "response.output_item.added"][1]["item"]
+    assert added["arguments"] == ""
+    assert added["status"] == "in_progress"
+    final = events[-1][1]["response"]
+    assert json.loads(final["output"][1]["arguments"]) == {"city": "Oslo"}
+    stored = (await client.get(f"/v1/responses/{final['id']}")).json()
+    assert stored["output"] == final["output"]
+
+
+async def test_a_background_response_is_stored_when_done(client: AsyncTestClient[Any]) -> None:
+    response = await create(client, background=True)
+    assert response["status"] == "queued"
+    for _ in range(100):
+        stored = (await client.get(f"/v1/responses/{response['id']}")).json()
+        if stored["status"] == "completed":
+            break
+        await asyncio.sleep(0.02)
+    assert stored["status"] == "completed"
+    assert stored["output"]
+    cancelled = await client.post(f"/v1/responses/{response['id']}/cancel")
+    assert cancelled.json()["status"] == "completed"  # finished already: as it is
+    plain = await create(client)
+    refused = await client.post(f"/v1/responses/{plain['id']}/cancel")
+    assert refused.status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"background": True, "store": False}, "background"),
+        ({"background": True, "stream": True}, "stream"),
+        ({"input": [{"type": "bogus"}]}, "input[0]"),
+        ({"input": [{"role": "user", "content": [{"type": "input_image"}]}]}, "input[0]"),
+        ({"input": []}, "input"),
+        ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
+        ({"tools": [{"type": "function"}]}, "tools[0].name"),
+        ({"previous_response_id": "resp_nope"}, "previous_response_id"),
+        ({"tool_choice": {"type": "function", "name": "nope"}, "tools": [TOOL]}, "tool_choice"),
+        (
+            {"input": [{"type": "function_call_output", "call_id": "call_x", "output": "1"}]},
+            "messages[0].tool_call_id",
+        ),
+        ({"text": {"format": {"type": "json_schema"}}}, "text.format"),
+        ({"conversation": "conv_1"}, "conversation"),
+    ],
+)
+async def test_bad_requests_are_clear_400s(
+    client: AsyncTestClient[Any], fields: dict[str, Any], param: str
+) -> None:
+    answer = await client.post("/v1/responses", json=body(**fields))
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert str(error["param"]).startswith(param), error
