@@ -74,7 +74,9 @@ class Services:
     chat: ChatServing
     completions: CompletionServing
     models: ModelServing
-    messages: MessagesServing
+    # Not "messages": dependency names must differ from body fields, or Litestar reports a bad
+    # "messages" field as a failed dependency (a 500).
+    anthropic_messages: MessagesServing
     responses: ResponsesServing
 
 
@@ -178,7 +180,7 @@ def build_services(
             host, defaults, limits=limits, ledger=ledger, metrics=metrics
         ),
         models=ModelServing(host, OWNED_BY),
-        messages=MessagesServing(chat),
+        anthropic_messages=MessagesServing(chat),
         responses=ResponsesServing(
             chat, ResponseStore(db, retention_days=settings.responses_retention_days)
         ),
@@ -225,9 +227,10 @@ def create_app(
             services.db.lifespan,
             first_admin.lifespan,
             services.ledger.lifespan,
-            services.responses.lifespan,
             metrics_listener(services.metrics, settings.metrics_listen),
             services.host.lifespan,
+            # After the host: at shutdown, background responses stop before the engines drain.
+            services.responses.lifespan,
         ],
         exception_handlers=exception_handlers,
         before_request=require_json_body,

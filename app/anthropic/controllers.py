@@ -66,12 +66,12 @@ class AnthropicController(Controller):
     async def create_message(
         self,
         data: Annotated[MessagesRequest, Body(examples=[_EXAMPLE])],
-        messages: Messages,
+        anthropic_messages: Messages,
         caller: Admitted,
     ) -> Response[Message] | Stream:
         if data.stream:
-            return event_stream(await messages.stream(data, caller), caller)
-        return Response(await messages.create(data, caller), headers=caller.headers())
+            return event_stream(await anthropic_messages.stream(data, caller), caller)
+        return Response(await anthropic_messages.create(data, caller), headers=caller.headers())
 
     @post(
         "/count_tokens",
@@ -83,7 +83,9 @@ class AnthropicController(Controller):
     async def count_tokens(
         self,
         data: Annotated[CountTokensRequest, Body()],
-        messages: Messages,
+        anthropic_messages: Messages,
         caller: Admitted,
     ) -> Response[CountTokensResponse]:
-        return Response(await messages.count_tokens(data, caller), headers=caller.headers())
+        return Response(
+            await anthropic_messages.count_tokens(data, caller), headers=caller.headers()
+        )

@@ -48,7 +48,7 @@ class ToolResultBlock(msgspec.Struct, tag="tool_result", tag_field="type", kw_on
 
     def text(self) -> str:
         if isinstance(self.content, list):
-            return "".join(block.text for block in self.content)
+            return "\n\n".join(block.text for block in self.content)
         return self.content or ""
 
 
@@ -71,8 +71,22 @@ class ThinkingBlock(msgspec.Struct, tag="thinking", tag_field="type", kw_only=Tr
     signature: str | None = None
 
 
+class RedactedThinkingBlock(
+    msgspec.Struct, tag="redacted_thinking", tag_field="type", kw_only=True
+):
+    """Redacted earlier thinking (skipped, as thinking is)."""
+
+    data: str = ""
+
+
 ContentBlock = (
-    TextBlock | ToolUseBlock | ToolResultBlock | ImageBlock | DocumentBlock | ThinkingBlock
+    TextBlock
+    | ToolUseBlock
+    | ToolResultBlock
+    | ImageBlock
+    | DocumentBlock
+    | ThinkingBlock
+    | RedactedThinkingBlock
 )
 
 

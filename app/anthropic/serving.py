@@ -9,7 +9,6 @@ Anthropic shapes it: content blocks, ``stop_reason``, and its stream of events.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import secrets
@@ -36,6 +35,7 @@ from app.anthropic.protocol import (
     MessageUsage,
     OutputUsage,
     Ping,
+    RedactedThinkingBlock,
     StopDelta,
     StopReason,
     TextBlock,
@@ -69,6 +69,7 @@ from app.openai.protocol_tools import (
     ToolCallView,
     ToolChoice,
 )
+from app.openai.serving_base import Closing
 from app.openai.serving_chat import (
     ChatServing,
     ReplyArguments,
@@ -116,6 +117,7 @@ class MessagesServing:
             usage=MessageUsage(
                 input_tokens=turn.prompt_tokens,
                 output_tokens=reply.end.finished.completion_tokens,
+                cache_read_input_tokens=reply.end.finished.cached_tokens,
             ),
         )
 
@@ -129,7 +131,7 @@ class MessagesServing:
             stop_reason=None,
             usage=MessageUsage(input_tokens=turn.prompt_tokens, output_tokens=0),
         )
-        return _events(start, _with_pings(turn.parts(), PING_EVERY))
+        return Closing(_events(start, _with_pings(turn.parts(), PING_EVERY)), turn.close)
 
     async def count_tokens(
         self, request: CountTokensRequest, caller: Caller
@@ -139,7 +141,7 @@ class MessagesServing:
         return CountTokensResponse(input_tokens=tokens)
 
 
-async def _events(start: Message, parts: AsyncGenerator[ReplyPart | None]) -> AsyncIterator[bytes]:
+async def _events(start: Message, parts: AsyncGenerator[ReplyPart | None]) -> AsyncGenerator[bytes]:
     yield event(MessageStart(message=start))
     yield event(Ping())
     block = -1  # the index of the open content block
@@ -191,28 +193,37 @@ async def _events(start: Message, parts: AsyncGenerator[ReplyPart | None]) -> As
 
 
 async def _with_pings(parts: AsyncGenerator[_Part], every: float) -> AsyncGenerator[_Part | None]:
-    """``parts``, with a None wherever ``every`` seconds pass without one."""
-    pending: asyncio.Future[_Part] | None = None
+    """``parts``, with a None wherever ``every`` seconds pass without one. One task reads the
+    parts (and alone closes them); this waits on what it passes over."""
+    queue: asyncio.Queue[tuple[bool, object]] = asyncio.Queue(maxsize=1)
+
+    async def read() -> None:
+        try:
+            async for part in parts:
+                await queue.put((False, part))
+        except Exception as exc:
+            await queue.put((True, exc))
+            return
+        finally:
+            await parts.aclose()
+        await queue.put((True, None))
+
+    reader = asyncio.create_task(read())
     try:
         while True:
-            if pending is None:
-                pending = asyncio.ensure_future(anext(parts))
-            done, _ = await asyncio.wait({pending}, timeout=every)
-            if not done:
+            try:
+                ended, item = await asyncio.wait_for(queue.get(), every)
+            except TimeoutError:
                 yield None
                 continue
-            item, pending = pending, None
-            try:
-                value = item.result()
-            except StopAsyncIteration:
+            if ended:
+                if isinstance(item, Exception):
+                    raise item
                 return
-            yield value
+            yield item  # type: ignore[misc]
     finally:
-        if pending is not None:
-            pending.cancel()
-            with contextlib.suppress(BaseException):
-                await pending
-        await parts.aclose()
+        reader.cancel()
+        await asyncio.wait({reader})
 
 
 def _stop_reason(end: ReplyEnd) -> tuple[StopReason, str | None]:
@@ -236,7 +247,7 @@ def chat_request(request: CountTokensRequest) -> ChatCompletionRequest:
     messages: list[ChatMessage] = []
     if request.system is not None:
         system = request.system
-        text = system if isinstance(system, str) else "".join(b.text for b in system)
+        text = system if isinstance(system, str) else "\n\n".join(b.text for b in system)
         messages.append(ChatMessage(role="system", content=text))
     uses: set[str] = set()
     for index, turn in enumerate(request.messages):
@@ -299,7 +310,7 @@ def _turn(turn: MessageParam, where: str, uses: set[str]) -> list[ChatMessage]:
         place = f"{where}.content[{j}]"
         if isinstance(block, TextBlock):
             texts.append(block.text)
-        elif isinstance(block, ThinkingBlock):
+        elif isinstance(block, ThinkingBlock | RedactedThinkingBlock):
             continue
         elif isinstance(block, ImageBlock | DocumentBlock):
             raise InvalidRequest("This model reads text only.", param=place)
@@ -332,8 +343,10 @@ def _turn(turn: MessageParam, where: str, uses: set[str]) -> list[ChatMessage]:
             )
     if turn.role == "assistant":
         return [
-            ChatMessage(role="assistant", content="".join(texts) or None, tool_calls=calls or None)
+            ChatMessage(
+                role="assistant", content="\n\n".join(texts) or None, tool_calls=calls or None
+            )
         ]
     if texts or not results:
-        results.append(ChatMessage(role=turn.role, content="".join(texts)))
+        results.append(ChatMessage(role=turn.role, content="\n\n".join(texts)))
     return results

@@ -96,6 +96,8 @@ class Finished(msgspec.Struct, frozen=True, kw_only=True):
     completion_tokens: int
     stop_sequence: str | None = None
     """The stop sequence that ended the text, if one did."""
+    cached_tokens: int = 0
+    """Prompt tokens that were not computed again: the slot's cache already held them."""
 
 
 GenerationEvent = TextDelta | Finished

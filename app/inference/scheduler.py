@@ -264,6 +264,7 @@ class Scheduler:
         slot.request = request
         self._busy_slots += 1
         slot.prefilled = keep
+        slot.reused = keep
         slot.max_tokens = min(params.max_tokens, self._context_size - len(request.prompt))
         slot.generated = 0
         slot.utf8 = Utf8Stream()
@@ -376,6 +377,7 @@ class Scheduler:
                 prompt_tokens=len(request.prompt),
                 completion_tokens=slot.generated,
                 stop_sequence=slot.stops.matched,
+                cached_tokens=slot.reused,
             ),
         )
         self._release(slot, keep_cache=True)

@@ -31,6 +31,7 @@ class Slot:
     sampler: internals.LlamaSampler | None = None
     picker: Any = None  # a GrammarPicker, when the request has a grammar
     prefilled: int = 0
+    reused: int = 0  # prompt tokens the cache already held when the request came
     max_tokens: int = 0
     generated: int = 0
     last_token: int = -1

@@ -11,11 +11,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
+from anyio import CancelScope
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.openapi.spec import Example
 from litestar.params import Body, FromPath, FromQuery, QueryParameter, SkipValidation
 from litestar.response import Stream
+from litestar.response.base import ASGIResponse
+from litestar.response.streaming import ASGIStreamingResponse
+from litestar.types import Receive, Send
 
 from app.accounts.limits import Caller, Limits
 from app.accounts.schemas import User
@@ -64,9 +68,35 @@ _SAMPLING = (
 )
 
 
+class _ClosingStreamingResponse(ASGIStreamingResponse):
+    """Litestar's streaming response, closing its chunks however it ends: Litestar iterates
+    them with a plain ``async for``, so chunks whose client left while one was being sent, or
+    before the first, were left to the garbage collector, holding their slot meanwhile."""
+
+    __slots__ = ()
+
+    async def send_body(self, send: Send, receive: Receive) -> None:
+        try:
+            await super().send_body(send, receive)
+        finally:
+            close = getattr(self.iterator, "aclose", None)
+            if close is not None:
+                with CancelScope(shield=True):
+                    await close()
+
+
+class ClosingStream(Stream):
+    """A ``Stream`` whose chunks are closed when the response ends, however it ends."""
+
+    def to_asgi_response(self, *args: Any, **kwargs: Any) -> ASGIResponse:
+        response = super().to_asgi_response(*args, **kwargs)
+        response.__class__ = _ClosingStreamingResponse  # same slots: only send_body differs
+        return response
+
+
 def event_stream(chunks: AsyncIterator[bytes], caller: Caller) -> Stream:
     """Server-sent events, unbuffered, with the caller's rate-limit headers."""
-    return Stream(
+    return ClosingStream(
         chunks,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **caller.headers()},

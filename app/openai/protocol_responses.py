@@ -240,10 +240,10 @@ class ResponseUsage(msgspec.Struct, kw_only=True):
     total_tokens: int
 
     @classmethod
-    def of(cls, input_tokens: int, output_tokens: int) -> ResponseUsage:
+    def of(cls, input_tokens: int, output_tokens: int, cached_tokens: int = 0) -> ResponseUsage:
         return cls(
             input_tokens=input_tokens,
-            input_tokens_details=InputTokensDetails(),
+            input_tokens_details=InputTokensDetails(cached_tokens=cached_tokens),
             output_tokens=output_tokens,
             output_tokens_details=OutputTokensDetails(),
             total_tokens=input_tokens + output_tokens,

@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import msgspec
 
@@ -269,7 +270,69 @@ async def collect(job: Job) -> list[Choice]:
     return choices
 
 
-async def started(job: Job) -> AsyncGenerator[tuple[int, GenerationEvent]]:
+class Events(Protocol):
+    """A job's events as they come, tagged with the choice index; closing them stops the job."""
+
+    def __aiter__(self) -> AsyncIterator[tuple[int, GenerationEvent]]: ...
+
+    async def __anext__(self) -> tuple[int, GenerationEvent]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Started:
+    """A started job's events: the first (already received), then the rest. Unlike a generator
+    that was never iterated, closing it always stops the job and gives back what it holds."""
+
+    def __init__(
+        self,
+        first: tuple[int, GenerationEvent],
+        events: AsyncGenerator[tuple[int, GenerationEvent]],
+    ) -> None:
+        self._first: tuple[int, GenerationEvent] | None = first
+        self._events = events
+
+    def __aiter__(self) -> Started:
+        return self
+
+    async def __anext__(self) -> tuple[int, GenerationEvent]:
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
+        return await anext(self._events)
+
+    async def aclose(self) -> None:
+        self._first = None
+        await self._events.aclose()
+
+
+class Closing:
+    """Chunks to send that, however the response ends (finished, failed, or its client gone
+    before it was ever read), run ``on_close`` once: what they were made from is stopped and
+    given back at once, not when the garbage collector finds it."""
+
+    def __init__(
+        self, chunks: AsyncGenerator[bytes], on_close: Callable[[], Awaitable[None]]
+    ) -> None:
+        self._chunks = chunks
+        self._on_close: Callable[[], Awaitable[None]] | None = on_close
+
+    def __aiter__(self) -> Closing:
+        return self
+
+    async def __anext__(self) -> bytes:
+        return await anext(self._chunks)
+
+    async def aclose(self) -> None:
+        try:
+            await self._chunks.aclose()
+        finally:
+            on_close, self._on_close = self._on_close, None
+            if on_close is not None:
+                await on_close()
+
+
+async def started(job: Job) -> Started:
     """Starts the generations and waits for their first event, so that an error raised before
     anything was generated (a grammar llama.cpp rejects) is still an ordinary HTTP error."""
     events = job.start()
@@ -278,27 +341,30 @@ async def started(job: Job) -> AsyncGenerator[tuple[int, GenerationEvent]]:
     except BaseException:
         await events.aclose()
         raise
-
-    async def resumed() -> AsyncGenerator[tuple[int, GenerationEvent]]:
-        try:
-            yield first
-            async for item in events:
-                yield item
-        finally:
-            await events.aclose()
-
-    return resumed()
+    return Started(first, events)
 
 
-async def stream(
+def stream(
     job: Job,
-    events: AsyncGenerator[tuple[int, GenerationEvent]],
+    events: Events,
     on_event: Callable[[int, GenerationEvent], bytes],
     usage_chunk: Callable[[Usage], bytes],
     include_usage: bool,
     opening: bytes | None = None,
-) -> AsyncIterator[bytes]:
+) -> Closing:
     """The server-sent events of a started job, ``[DONE]`` last (or an error event)."""
+    chunks = _chunks(job, events, on_event, usage_chunk, include_usage, opening)
+    return Closing(chunks, events.aclose)
+
+
+async def _chunks(
+    job: Job,
+    events: Events,
+    on_event: Callable[[int, GenerationEvent], bytes],
+    usage_chunk: Callable[[Usage], bytes],
+    include_usage: bool,
+    opening: bytes | None,
+) -> AsyncGenerator[bytes]:
     completion_tokens = 0
     try:
         if opening is not None:

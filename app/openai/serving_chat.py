@@ -39,7 +39,16 @@ from app.openai.protocol_tools import (
     ToolCallDelta,
     ToolCallView,
 )
-from app.openai.serving_base import Job, OpenAIServing, collect, sse, started, stream, usage_of
+from app.openai.serving_base import (
+    Events,
+    Job,
+    OpenAIServing,
+    collect,
+    sse,
+    started,
+    stream,
+    usage_of,
+)
 from app.openai.tools import ToolPlan, chat_messages, tool_plan
 
 _RESPONSE_SCHEMA = "response_format.json_schema.schema"
@@ -76,7 +85,9 @@ class ChatServing(OpenAIServing):
         APIs are built on. Checked, tokenized and holding the caller's slot; with ``wait``,
         also started, so that what fails before the first token is an ordinary HTTP error."""
         job, plan = await self._job(request, caller)
-        return Turn(job, plan, await started(job) if wait else job.start())
+        if wait:
+            return Turn(job, plan, await started(job), live=True)
+        return Turn(job, plan, job.start(), live=False)
 
     async def count_prompt(self, request: ChatCompletionRequest, caller: Caller) -> int:
         """How many tokens the request's prompt is, as the model's template renders it."""
@@ -197,13 +208,11 @@ class Turn:
     """A started reply; its parts come as they are generated. The job's slot, usage and
     metrics are handled as for a chat completion; closing the parts early cancels it."""
 
-    def __init__(
-        self, job: Job, plan: ToolPlan, events: AsyncGenerator[tuple[int, GenerationEvent]]
-    ) -> None:
+    def __init__(self, job: Job, plan: ToolPlan, events: Events, *, live: bool) -> None:
         self.job = job
         self._plan = plan
         self._events = events
-        self._read = False
+        self._live = live  # whether the events have begun (closing them then stops the job)
 
     @property
     def prompt_tokens(self) -> int:
@@ -211,7 +220,7 @@ class Turn:
 
     async def parts(self) -> AsyncGenerator[ReplyPart]:
         """The reply's parts, ``ReplyEnd`` last."""
-        self._read = True
+        self._live = True
         choice = _ChoiceStream(self.job, self._plan, logprobs=False)
         try:
             async for _, event in self._events:
@@ -228,26 +237,30 @@ class Turn:
     async def close(self) -> None:
         """Ends the turn: its generation stops, and what it holds (the caller's slot, the
         model's lease) is given back even if its parts were never read."""
-        if not self._read:
-            self._read = True
+        if self._live:
+            await self._events.aclose()
+        else:  # never begun: the generator's own cleanup would never run
+            self._live = True
             await self.job.held.aclose()
-        await self._events.aclose()
 
     async def reply(self) -> Reply:
         """The whole reply. A call cut by ``max_tokens`` is left out."""
         reply = Reply()
-        calls: dict[int, list[str]] = {}
+        text: list[str] = []
+        calls: dict[int, tuple[str, str, list[str]]] = {}
         async for part in self.parts():
             if isinstance(part, ReplyText):
-                reply.text += part.text
+                text.append(part.text)
             elif isinstance(part, ReplyCall):
-                calls[part.index] = [part.id, part.name, ""]
+                calls[part.index] = (part.id, part.name, [])
             elif isinstance(part, ReplyArguments):
-                calls[part.index][2] += part.arguments
+                calls[part.index][2].append(part.arguments)
             else:
                 reply.end = part
-        for call_id, name, arguments in calls.values():
-            if _whole(arguments):
+        reply.text = "".join(text)
+        for call_id, name, pieces in calls.values():
+            arguments = "".join(pieces)
+            if whole_arguments(arguments):
                 reply.calls.append((call_id, name, arguments))
         if reply.calls:
             reply.text = reply.text.strip()
@@ -268,7 +281,8 @@ def _parts(delta: Delta, reason: ChatFinishReason | None, event: object) -> list
     return parts
 
 
-def _whole(arguments: str) -> bool:
+def whole_arguments(arguments: str) -> bool:
+    """Whether a call's arguments are a whole JSON object (not cut short by max_tokens)."""
     try:
         return isinstance(json.loads(arguments), dict)
     except ValueError:

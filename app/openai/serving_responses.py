@@ -17,13 +17,14 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import msgspec
 
 from app.accounts.limits import Caller
 from app.errors import InvalidRequest, NotFound, ServiceError
+from app.inference.engine import Finished
 from app.openai.protocol_chat import (
     ChatCompletionRequest,
     JsonObjectFormat,
@@ -65,6 +66,7 @@ from app.openai.protocol_tools import (
     ToolChoice,
 )
 from app.openai.response_store import ResponseStore, StoredResponse
+from app.openai.serving_base import Closing
 from app.openai.serving_chat import (
     ChatServing,
     ReplyArguments,
@@ -72,6 +74,7 @@ from app.openai.serving_chat import (
     ReplyEnd,
     ReplyText,
     Turn,
+    whole_arguments,
 )
 from app.system.access import note_error
 
@@ -113,11 +116,11 @@ class ResponsesServing:
             turn = await self._chat.turn(pending.chat, caller, wait=False)
             pending.body.status = "queued"
             answer = msgspec.structs.replace(pending.body)  # as it is now
-            saved = asyncio.Event()
+            saved: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             task = asyncio.create_task(self._run_in_background(pending, turn, caller, saved))
             self._background[pending.body.id] = task
             task.add_done_callback(lambda _: self._background.pop(pending.body.id, None))
-            await saved.wait()  # stored before it is answered: a GET right after finds it
+            await asyncio.shield(saved)  # stored before it is answered: a GET finds it
             return answer
         turn = await self._chat.turn(pending.chat, caller)
         await self._finish(pending, await _reply(turn), turn, caller)
@@ -127,7 +130,7 @@ class ResponsesServing:
         """The response as OpenAI streams it: typed events, each with a ``sequence_number``."""
         pending = await self._pending(request, caller)
         turn = await self._chat.turn(pending.chat, caller)
-        return self._events(pending, turn, caller)
+        return Closing(self._events(pending, turn, caller), turn.close)
 
     async def _pending(self, request: ResponseRequest, caller: Caller) -> _Pending:
         if request.background and not request.store:
@@ -146,6 +149,13 @@ class ResponsesServing:
             if stored is None:
                 raise InvalidRequest(
                     f"Previous response with id '{request.previous_response_id}' not found.",
+                    param="previous_response_id",
+                )
+            status = _body(stored).status
+            if status not in ("completed", "incomplete"):
+                raise InvalidRequest(
+                    f"Previous response '{request.previous_response_id}' is {status}: only a "
+                    "finished response can be continued.",
                     param="previous_response_id",
                 )
             earlier = _conversation.decode(stored.conversation)
@@ -184,7 +194,10 @@ class ResponsesServing:
         body = pending.body
         body.model = turn.job.model
         body.output = reply.items
-        body.usage = ResponseUsage.of(turn.prompt_tokens, reply.output_tokens)
+        finished = reply.finished
+        body.usage = ResponseUsage.of(
+            turn.prompt_tokens, finished.completion_tokens, finished.cached_tokens
+        )
         if reply.cut:
             body.status = "incomplete"
             body.incomplete_details = IncompleteDetails(reason="max_output_tokens")
@@ -208,19 +221,22 @@ class ResponsesServing:
         )
 
     async def _run_in_background(
-        self, pending: _Pending, turn: Turn, caller: Caller, saved: asyncio.Event
+        self, pending: _Pending, turn: Turn, caller: Caller, saved: asyncio.Future[None]
     ) -> None:
         try:
             try:
                 await self._save(pending, caller)
-            finally:
-                saved.set()
+            except BaseException as exc:
+                saved.set_exception(exc)
+                raise
+            saved.set_result(None)
             pending.body.status = "in_progress"
             await self._save(pending, caller)
             await self._finish(pending, await _reply(turn), turn, caller)
         except asyncio.CancelledError:
-            pending.body.status = "cancelled"
-            await self._save(pending, caller)
+            if pending.body.status not in ("completed", "incomplete"):  # else it is stored
+                pending.body.status = "cancelled"
+                await self._save(pending, caller)
             raise
         except ServiceError as exc:
             pending.body.status = "failed"
@@ -236,7 +252,7 @@ class ResponsesServing:
         finally:
             await turn.close()
 
-    async def _events(self, pending: _Pending, turn: Turn, caller: Caller) -> AsyncIterator[bytes]:
+    async def _events(self, pending: _Pending, turn: Turn, caller: Caller) -> AsyncGenerator[bytes]:
         events = _EventWriter()
         body = pending.body
         yield events("response.created", response=body)
@@ -283,8 +299,7 @@ class ResponsesServing:
         task = self._background.get(response_id)
         if task is not None:  # stopped first: it would store itself again as cancelled
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await asyncio.wait({task})
         if not await self._store.delete(caller.user.id, response_id):
             raise _not_found(response_id)
         return Deleted(id=response_id)
@@ -318,8 +333,7 @@ class ResponsesServing:
         if task is None:
             return body  # finished already (or on another replica)
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await asyncio.wait({task})
         return await self.retrieve(response_id, caller)
 
     async def _stored(self, response_id: str, caller: Caller) -> StoredResponse:
@@ -464,10 +478,12 @@ def _chat_request(request: ResponseRequest, messages: list[Message]) -> ChatComp
 class _Output:
     """A finished reply as output items, and as the assistant turn a follow-up continues."""
 
-    def __init__(self, items: list[OutputItem], message: Message, output_tokens: int, cut: bool):
+    def __init__(
+        self, items: list[OutputItem], message: Message, finished: Finished, cut: bool
+    ) -> None:
         self.items = items
         self.message = message
-        self.output_tokens = output_tokens
+        self.finished = finished
         self.cut = cut
 
 
@@ -491,7 +507,7 @@ async def _reply(turn: Turn) -> _Output:
         )
     message = Message(role="assistant", content=reply.text or None, tool_calls=calls or None)
     cut = reply.end.reason == "length"
-    return _Output(items, message, reply.end.finished.completion_tokens, cut)
+    return _Output(items, message, reply.end.finished, cut)
 
 
 class _OutputBuilder:
@@ -500,7 +516,8 @@ class _OutputBuilder:
     def __init__(self) -> None:
         self.items: list[OutputItem] = []
         self._open: OutputMessage | OutputFunctionCall | None = None
-        self._text = ""
+        self._text: list[str] = []  # every text of the reply
+        self._pieces: list[str] = []  # the open item's text or arguments, joined when it closes
         self._calls: list[ToolCallView] = []
         self._end: ReplyEnd | None = None
 
@@ -529,8 +546,8 @@ class _OutputBuilder:
                     )
                 )
                 item.content.append(OutputText(text=""))
-            self._open.content[0].text += part.text
-            self._text += part.text
+            self._pieces.append(part.text)
+            self._text.append(part.text)
             events.append(
                 (
                     "response.output_text.delta",
@@ -557,7 +574,7 @@ class _OutputBuilder:
                 )
             )
         elif isinstance(part, ReplyArguments) and isinstance(self._open, OutputFunctionCall):
-            self._open.arguments += part.arguments
+            self._pieces.append(part.arguments)
             events.append(
                 (
                     "response.function_call_arguments.delta",
@@ -573,11 +590,13 @@ class _OutputBuilder:
         item, self._open = self._open, None
         if item is None:
             return []
+        joined, self._pieces = "".join(self._pieces), []
         index = len(self.items) - 1
         cut = self._end is not None and self._end.reason == "length"
         item.status = "incomplete" if cut else "completed"
         if isinstance(item, OutputMessage):
             part = item.content[0]
+            part.text = joined
             return [
                 (
                     "response.output_text.done",
@@ -600,11 +619,13 @@ class _OutputBuilder:
                 ),
                 ("response.output_item.done", {"output_index": index, "item": _now(item)}),
             ]
-        self._calls.append(
-            ToolCallView(
-                id=item.call_id, function=FunctionCall(name=item.name, arguments=item.arguments)
+        item.arguments = joined
+        if not cut and whole_arguments(joined):  # a call cut short is not part of the conversation
+            self._calls.append(
+                ToolCallView(
+                    id=item.call_id, function=FunctionCall(name=item.name, arguments=item.arguments)
+                )
             )
-        )
         return [
             (
                 "response.function_call_arguments.done",
@@ -620,10 +641,11 @@ class _OutputBuilder:
 
     def result(self) -> _Output:
         assert self._end is not None
-        text = self._text.strip() if self._calls else self._text
+        text = "".join(self._text)
+        text = text.strip() if self._calls else text
         message = Message(role="assistant", content=text or None, tool_calls=self._calls or None)
         cut = self._end.reason == "length"
-        return _Output(self.items, message, self._end.finished.completion_tokens, cut)
+        return _Output(self.items, message, self._end.finished, cut)
 
 
 def _now(item: msgspec.Struct) -> Any:

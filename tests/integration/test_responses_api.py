@@ -108,8 +108,10 @@ def test_a_conversation_continues_from_the_stored_response(client: openai.OpenAI
     assert second.previous_response_id == first.id
     assert second.usage is not None
     assert first.usage is not None
-    # The earlier turn and its answer are in the prompt.
+    # The earlier turn and its answer are in the prompt, and were not computed again: the
+    # slot's cache held them (the follow-up's rendering reproduces the tokens).
     assert second.usage.input_tokens > first.usage.input_tokens + first.usage.output_tokens
+    assert second.usage.input_tokens_details.cached_tokens >= first.usage.input_tokens
     with pytest.raises(openai.BadRequestError):
         client.responses.create(model=MODEL_ID, previous_response_id="resp_nope", input="x")
 

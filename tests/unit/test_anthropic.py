@@ -139,6 +139,8 @@ async def test_a_stream_sends_anthropics_events_in_order(client: AsyncTestClient
     ("fields", "status", "error_type"),
     [
         ({"max_tokens": None}, 400, "invalid_request_error"),
+        ({"messages": []}, 400, "invalid_request_error"),  # a field named as a dependency
+        ({"messages": None}, 400, "invalid_request_error"),
         ({"model": "nope"}, 404, "not_found_error"),
         ({"thinking": {"type": "enabled", "budget_tokens": 1024}}, 400, "invalid_request_error"),
         (

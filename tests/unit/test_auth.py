@@ -498,6 +498,8 @@ async def test_every_protected_route_refuses_every_forged_credential(tmp_path: P
                 response = await client.request(method, path, headers=header, json={})
                 if response.status_code != 401 or "www-authenticate" not in response.headers:
                     failures.append(f"{method} {path} with {name}: {response.status_code}")
+                elif path.startswith("/v1/messages"):  # Anthropic's error shape there
+                    assert response.json()["error"]["type"] == "authentication_error"
                 else:
                     assert_error(response, 401)
         assert not failures, "\n".join(failures)
