@@ -22,6 +22,8 @@ from pathlib import Path
 
 import httpx
 
+from app.inference.tool_formats import GENERIC, ToolSpec
+
 PROMPTS = [
     "Write a short story about a lighthouse keeper.",
     "Explain how a bicycle works.",
@@ -117,6 +119,239 @@ async def load(
         return run, time.perf_counter() - started
 
 
+# --- the tool-call workload ----------------------------------------------------------------------
+
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "file_report",
+        "description": "Files a short report about a topic.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "topic": {"type": "string", "maxLength": 60},
+                "summary": {"type": "string", "maxLength": 600},
+                "tags": {
+                    "type": "array",
+                    "items": {"type": "string", "maxLength": 20},
+                    "maxItems": 5,
+                },
+                "priority": {"type": "integer", "minimum": 1, "maximum": 5},
+            },
+            "required": ["topic", "summary", "tags", "priority"],
+            "additionalProperties": False,
+        },
+    },
+}
+
+
+TOOL_NOTE = GENERIC.note(
+    [
+        ToolSpec(
+            name=TOOL["function"]["name"],  # type: ignore[index]
+            description=TOOL["function"]["description"],  # type: ignore[index]
+            parameters=TOOL["function"]["parameters"],  # type: ignore[index]
+            strict=False,
+        )
+    ],
+    required=True,
+)
+
+
+async def chat_client(
+    http: httpx.AsyncClient, prompt: str, max_tokens: int, tools: bool, run: Run
+) -> None:
+    body: dict[str, object] = {
+        "model": "bench",
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+    }
+    if tools:
+        body |= {"tools": [TOOL], "tool_choice": "required"}
+    else:
+        # The same prompt as the calls' (the note that describes the tool), without the
+        # grammar: the difference is what the grammar costs.
+        body["messages"] = [{"role": "system", "content": TOOL_NOTE}, *body["messages"]]  # type: ignore[misc]
+        body["ignore_eos"] = True  # as long as the constrained answers, on average
+    response = await http.post("/v1/chat/completions", json=body)
+    response.raise_for_status()
+    answer = response.json()
+    run.tokens += answer["usage"]["completion_tokens"]
+    choice = answer["choices"][0]
+    if tools and choice["finish_reason"] == "tool_calls":  # else max_tokens cut the call
+        for call in choice["message"]["tool_calls"]:
+            json.loads(call["function"]["arguments"])  # a constrained call always parses
+
+
+async def chat_load(
+    url: str, key: str, concurrency: int, requests: int, tools: bool, max_tokens: int
+) -> tuple[Run, float]:
+    run = Run()
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=600) as http:
+        started = time.perf_counter()
+
+        async def worker(index: int) -> None:
+            for prompt in prompts(requests)[index::concurrency]:
+                await chat_client(http, f"File a report: {prompt}", max_tokens, tools, run)
+
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+        return run, time.perf_counter() - started
+
+
+def tools_workload(args: argparse.Namespace, levels: list[int]) -> int:
+    """Tool calls held to their schema by the grammar against free text of the same length
+    from the same prompt (the tool's description included), same run."""
+    print(f"model {args.model.name}, {args.threads} threads, {args.requests} requests per row")
+    print("   C  free tokens/s  tool-call tokens/s  ratio")
+    with tempfile.TemporaryDirectory() as data:
+        process, url = start_service(args.model, args.threads, max(levels), args.context, data)
+        try:
+            key = api_key(url)
+            asyncio.run(chat_load(url, key, 1, 1, True, 400))  # warm up
+            for c in levels:
+                calls, calls_time = asyncio.run(chat_load(url, key, c, args.requests, True, 400))
+                length = max(calls.tokens // args.requests, 1)
+                free, free_time = asyncio.run(chat_load(url, key, c, args.requests, False, length))
+                constrained, unconstrained = calls.tokens / calls_time, free.tokens / free_time
+                print(
+                    f"{c:>4} {unconstrained:>14.1f} {constrained:>19.1f} "
+                    f"{constrained / unconstrained:>6.2f}"
+                )
+        finally:
+            process.terminate()
+            process.wait(timeout=60)
+    return 0
+
+
+# --- the follow-up workload --------------------------------------------------------------------
+
+WORDS = [
+    "river",
+    "mountain",
+    "harbour",
+    "lantern",
+    "orchard",
+    "meadow",
+    "compass",
+    "signal",
+    "archive",
+    "voyage",
+    "ember",
+    "quartz",
+    "falcon",
+    "willow",
+    "granite",
+    "beacon",
+    "tundra",
+    "canyon",
+    "glacier",
+    "cobalt",
+    "saffron",
+    "velvet",
+    "marble",
+    "thunder",
+    "prairie",
+    "citadel",
+    "lagoon",
+    "summit",
+    "monsoon",
+    "ledger",
+]
+
+
+def document(seed: int, words: int) -> str:
+    """A text of ``words`` words, different for each seed (no prefix shared with another)."""
+    picked = [WORDS[(seed * 7919 + i * 104729 + i * i) % len(WORDS)] for i in range(words)]
+    return f"Document {seed}. " + " ".join(picked)
+
+
+async def first_token_time(http: httpx.AsyncClient, body: dict[str, object]) -> tuple[float, str]:
+    """Seconds to the first ``response.output_text.delta`` of a streamed response, and its id."""
+    started = time.perf_counter()
+    first = None
+    response_id = ""
+    async with http.stream("POST", "/v1/responses", json={**body, "stream": True}) as answer:
+        answer.raise_for_status()
+        async for line in answer.aiter_lines():
+            if not line.startswith("data: "):
+                continue
+            event = json.loads(line[6:])
+            if event["type"] == "response.created":
+                response_id = event["response"]["id"]
+            if event["type"] == "response.output_text.delta" and first is None:
+                first = time.perf_counter() - started
+    return (first if first is not None else float("nan")), response_id
+
+
+async def follow_ups(url: str, key: str, rounds: int, words: int) -> list[tuple[float, float, int]]:
+    """(cold, warm, prompt tokens) per round: a follow-up through previous_response_id against
+    the same conversation sent whole to a cache that has never seen it."""
+    headers = {"Authorization": f"Bearer {key}"}
+    question = "In one sentence: which word comes first in the document?"
+    results = []
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=600) as http:
+        for r in range(rounds):
+            opening = {"model": "bench", "max_output_tokens": 16, "temperature": 0}
+            # Warm: a stored turn on one document, then its follow-up.
+            created = await http.post(
+                "/v1/responses", json={**opening, "input": document(2 * r, words)}
+            )
+            created.raise_for_status()
+            warm, _ = await first_token_time(
+                http,
+                {**opening, "previous_response_id": created.json()["id"], "input": question},
+            )
+            # Cold: the same shape of conversation (another document, never seen), sent whole.
+            turn = await http.post(
+                "/v1/responses",
+                json={**opening, "input": document(2 * r + 1, words), "store": False},
+            )
+            turn.raise_for_status()
+            history = [
+                {"role": "user", "content": document(2 * r + 1, words)},
+                *turn.json()["output"],
+                {"role": "user", "content": question},
+            ]
+            # The first turn just ran on this document: evict it by prefilling another.
+            await http.post(
+                "/v1/responses",
+                json={**opening, "input": document(10_000 + r, words), "store": False},
+            )
+            cold, cold_id = await first_token_time(
+                http, {**opening, "input": history, "store": True}
+            )
+            tokens = (await http.get(f"/v1/responses/{cold_id}")).json()["usage"]["input_tokens"]
+            results.append((cold, warm, tokens))
+    return results
+
+
+def followup_workload(args: argparse.Namespace) -> int:
+    """Time to first token of a follow-up turn through previous_response_id against the same
+    request sent cold, same run."""
+    rounds, words = 5, 1400
+    print(f"model {args.model.name}, {args.threads} threads, {rounds} rounds, one slot")
+    with tempfile.TemporaryDirectory() as data:
+        process, url = start_service(args.model, args.threads, 1, max(args.context, 4096), data)
+        try:
+            key = api_key(url)
+            results = asyncio.run(follow_ups(url, key, rounds, words))
+        finally:
+            process.terminate()
+            process.wait(timeout=60)
+    print(" round  prompt tokens  cold TTFT s  follow-up TTFT s  ratio")
+    for i, (cold, warm, tokens) in enumerate(results):
+        print(f"{i:>6} {tokens:>14} {cold:>12.3f} {warm:>17.3f} {warm / cold:>6.2f}")
+    colds = [c for c, _, _ in results]
+    warms = [w for _, w, _ in results]
+    print(
+        f"median: cold {percentile(colds, 0.5):.3f} s, follow-up {percentile(warms, 0.5):.3f} s, "
+        f"ratio {percentile(warms, 0.5) / percentile(colds, 0.5):.2f} (target at most 0.25)"
+    )
+    return 0
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -178,8 +413,20 @@ def main() -> int:
     # 32 requests: 4 rounds per client at C=8, so that the ramp-up and the last round's tail
     # (slots emptying one by one) weigh little against the sustained rate being measured.
     parser.add_argument("--requests", type=int, default=32, help="requests per concurrency level")
+    parser.add_argument(
+        "--workload",
+        choices=["stream", "tools", "followup"],
+        default="stream",
+        help="stream: completions against the in-process baseline; tools: grammar-constrained "
+        "tool calls against free text; followup: a /v1/responses follow-up through "
+        "previous_response_id against the same conversation sent cold",
+    )
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
+    if args.workload == "tools":
+        return tools_workload(args, levels)
+    if args.workload == "followup":
+        return followup_workload(args)
 
     print(
         f"model {args.model.name}, {args.threads} threads, {args.requests} requests of "
