@@ -91,19 +91,24 @@ docs_assets = create_static_files_router(
 docs_handlers: list[ControllerRouterHandler] = [openapi_json, swagger_ui, redoc, index, docs_assets]
 
 
-STREAMING_PATHS = ("/v1/completions", "/v1/chat/completions")
+STREAMING_PATHS = {
+    "/v1/completions": "`data: {chunk}` events, then `data: [DONE]`",
+    "/v1/chat/completions": "`data: {chunk}` events, then `data: [DONE]`",
+    "/v1/responses": "`event: response.*` events, each with its `sequence_number`",
+    "/v1/messages": "Anthropic's `event: message_start` ... `message_stop` events",
+}
 
 
 def document_streaming(schema: spec.OpenAPI) -> None:
-    """With ``stream: true`` the two completion routes answer ``text/event-stream``; Litestar
+    """With ``stream: true`` the generation routes answer ``text/event-stream``; Litestar
     documents only the JSON answer of a handler, so the other one is added here."""
-    for path in STREAMING_PATHS:
+    for path, events in STREAMING_PATHS.items():
         item = schema.paths.get(path) if schema.paths else None
         operation = item.post if item is not None else None
         response = operation.responses.get("200") if operation and operation.responses else None
         if isinstance(response, spec.OpenAPIResponse) and response.content is not None:
             response.content["text/event-stream"] = spec.OpenAPIMediaType(
                 schema=spec.Schema(
-                    description="With `stream: true`: `data: {chunk}` events, then `data: [DONE]`.",
+                    description=f"With `stream: true`: {events}.",
                 )
             )
