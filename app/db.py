@@ -101,6 +101,10 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX responses_by_user ON responses (user_id);
     CREATE INDEX responses_by_age ON responses (created_at);
     """,
+    """
+    -- Input tokens embedded (/v1/embeddings): part of the daily token limit with those generated.
+    ALTER TABLE usage ADD COLUMN embedding_tokens INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -40,13 +40,14 @@ from app.anthropic.serving import MessagesServing
 from app.db import Database
 from app.errors import exception_handlers, require_json_body
 from app.inference.catalog import Catalog, ModelSpec, load_catalog
-from app.inference.engine import Engine, EngineConfig
+from app.inference.engine import EngineConfig, LoadedModel
 from app.inference.host import EngineLoader, HostConfig, ModelHost, load_llama_engine
 from app.openai.controllers import OpenAIController, ResponsesController, TokenizerController
 from app.openai.protocol import SamplingDefaults
 from app.openai.response_store import ResponseStore
 from app.openai.serving_chat import ChatServing
 from app.openai.serving_completions import CompletionServing
+from app.openai.serving_embeddings import EmbeddingServing
 from app.openai.serving_models import ModelServing
 from app.openai.serving_responses import ResponsesServing
 from app.settings import Settings
@@ -78,6 +79,7 @@ class Services:
     # "messages" field as a failed dependency (a 500).
     anthropic_messages: MessagesServing
     responses: ResponsesServing
+    embeddings: EmbeddingServing
 
 
 def database_path(settings: Settings) -> Path:
@@ -130,7 +132,7 @@ def host_config(settings: Settings) -> HostConfig:
 def build_services(
     settings: Settings,
     *,
-    engine: Engine | None = None,
+    engine: LoadedModel | None = None,
     engine_loader: EngineLoader = load_llama_engine,
 ) -> Services:
     """Makes every service from ``settings``.
@@ -181,6 +183,7 @@ def build_services(
         ),
         models=ModelServing(host, OWNED_BY),
         anthropic_messages=MessagesServing(chat),
+        embeddings=EmbeddingServing(host, limits=limits, ledger=ledger, metrics=metrics),
         responses=ResponsesServing(
             chat, ResponseStore(db, retention_days=settings.responses_retention_days)
         ),
@@ -191,7 +194,7 @@ def create_app(
     settings: Settings,
     services: Services | None = None,
     *,
-    engine: Engine | None = None,
+    engine: LoadedModel | None = None,
     engine_loader: EngineLoader = load_llama_engine,
 ) -> Litestar:
     """Builds the service from ``settings`` (and ``services``, made from them if not given;

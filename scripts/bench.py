@@ -19,6 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -352,6 +353,74 @@ def followup_workload(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- the embeddings workload --------------------------------------------------------------------
+
+
+def embedding_baseline(model: Path, threads: int, passages: list[str]) -> tuple[float, list[Any]]:
+    """Inputs/s embedding each passage with its own call of llama-cpp-python's
+    ``Llama(embedding=True)``, in-process, and the vectors (normalised)."""
+    from llama_cpp import Llama
+
+    llm = Llama(str(model), embedding=True, n_threads=threads, verbose=False)
+    llm.embed(passages[0], normalize=True)  # warm up
+    started = time.perf_counter()
+    vectors = [llm.embed(p, normalize=True) for p in passages]
+    elapsed = time.perf_counter() - started
+    llm.close()
+    return len(passages) / elapsed, vectors
+
+
+async def embed_all(url: str, key: str, passages: list[str], batch: int) -> tuple[float, list[Any]]:
+    """Inputs/s embedding the passages through the service, ``batch`` a request, one request
+    after another, and the vectors."""
+    headers = {"Authorization": f"Bearer {key}"}
+    vectors: list[Any] = []
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=600) as http:
+        warm = await http.post("/v1/embeddings", json={"model": "bench", "input": passages[:batch]})
+        warm.raise_for_status()
+        started = time.perf_counter()
+        for i in range(0, len(passages), batch):
+            answer = await http.post(
+                "/v1/embeddings",
+                json={
+                    "model": "bench",
+                    "input": passages[i : i + batch],
+                    "encoding_format": "float",
+                },
+            )
+            answer.raise_for_status()
+            vectors += [item["embedding"] for item in answer.json()["data"]]
+        elapsed = time.perf_counter() - started
+    return len(passages) / elapsed, vectors
+
+
+def embeddings_workload(args: argparse.Namespace) -> int:
+    """Batched embeddings through the service against one call a passage, same run."""
+    import numpy as np
+
+    model = args.embedding_model
+    passages = [document(i, 45) for i in range(256)]
+    print(f"model {model.name}, {args.threads} threads, 256 passages, batches of 32")
+    base, expected = embedding_baseline(model, args.threads, passages)
+    with tempfile.TemporaryDirectory() as data:
+        process, url = start_service(model, args.threads, 1, 512, data)
+        try:
+            served, vectors = asyncio.run(embed_all(url, api_key(url), passages, 32))
+        finally:
+            process.terminate()
+            process.wait(timeout=60)
+    cosines = [
+        float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+        for a, b in zip(vectors, expected, strict=True)
+    ]
+    print(f"baseline (Llama(embedding=True), one call a passage): {base:.1f} inputs/s")
+    print(
+        f"service (/v1/embeddings, 32 a request): {served:.1f} inputs/s, ratio {served / base:.2f}"
+    )
+    print(f"cosine to the baseline's vectors: min {min(cosines):.6f} (must be above 0.999)")
+    return 0 if min(cosines) > 0.999 else 1
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -406,6 +475,16 @@ def main() -> int:
     parser.add_argument(
         "--model", type=Path, default=Path(os.environ.get("APP_TEST_MODEL", default_model))
     )
+    parser.add_argument(
+        "--embedding-model",
+        type=Path,
+        default=Path(
+            os.environ.get(
+                "APP_TEST_EMBEDDING_MODEL",
+                Path.home() / ".cache/llm-service/models/all-MiniLM-L6-v2-f16.gguf",
+            )
+        ),
+    )
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--concurrency", default="1,2,4,8")
@@ -415,11 +494,12 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=32, help="requests per concurrency level")
     parser.add_argument(
         "--workload",
-        choices=["stream", "tools", "followup"],
+        choices=["stream", "tools", "followup", "embeddings"],
         default="stream",
         help="stream: completions against the in-process baseline; tools: grammar-constrained "
         "tool calls against free text; followup: a /v1/responses follow-up through "
-        "previous_response_id against the same conversation sent cold",
+        "previous_response_id against the same conversation sent cold; embeddings: batched "
+        "/v1/embeddings against one Llama(embedding=True) call a passage",
     )
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -427,6 +507,8 @@ def main() -> int:
         return tools_workload(args, levels)
     if args.workload == "followup":
         return followup_workload(args)
+    if args.workload == "embeddings":
+        return embeddings_workload(args)
 
     print(
         f"model {args.model.name}, {args.threads} threads, {args.requests} requests of "

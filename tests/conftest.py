@@ -23,3 +23,14 @@ def model_file() -> Path:
     if not path.is_file():
         pytest.fail(f"test model missing at {path}: run scripts/test, which fetches it")
     return path
+
+
+@pytest.fixture(scope="session")
+def embedding_model_file() -> Path:
+    """The real all-MiniLM-L6-v2 GGUF that scripts/test converts once (and says where in
+    APP_TEST_EMBEDDING_MODEL)."""
+    default = Path.home() / ".cache" / "llm-service" / "models" / "all-MiniLM-L6-v2-f16.gguf"
+    path = Path(os.environ.get("APP_TEST_EMBEDDING_MODEL", default))
+    if not path.is_file():
+        pytest.fail(f"embedding test model missing at {path}: run scripts/test, which makes it")
+    return path

@@ -155,7 +155,9 @@ class Limits:
         rpm, tpd = self.limits(user)
         history = await self._ledger.history(user.id, days)
         today = self._ledger.today()
-        used = next((d.completion_tokens for d in history if d.day == today), 0)
+        used = next(
+            (d.completion_tokens + d.embedding_tokens for d in history if d.day == today), 0
+        )
         return UsageReport(
             requests_per_minute=rpm, tokens_per_day=tpd, tokens_today=used, days=history
         )

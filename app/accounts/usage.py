@@ -35,6 +35,7 @@ class DayUsage(msgspec.Struct, kw_only=True):
     requests: int
     prompt_tokens: int
     completion_tokens: int
+    embedding_tokens: int = 0
 
 
 class UsageReport(msgspec.Struct, kw_only=True):
@@ -42,7 +43,7 @@ class UsageReport(msgspec.Struct, kw_only=True):
 
     requests_per_minute: Annotated[int, msgspec.Meta(description="Your limit; 0: none.")]
     tokens_per_day: Annotated[int, msgspec.Meta(description="Your limit; 0: none.")]
-    tokens_today: Annotated[int, msgspec.Meta(description="Generated today (UTC).")]
+    tokens_today: Annotated[int, msgspec.Meta(description="Generated and embedded today (UTC).")]
     days: list[DayUsage]
 
 
@@ -80,7 +81,9 @@ class UsageLedger:
             if not await self.flush():
                 logger.error("%d usage rows could not be written before shutdown", self.held)
 
-    async def record(self, user_id: int, prompt_tokens: int, completion_tokens: int) -> None:
+    async def record(
+        self, user_id: int, prompt_tokens: int, completion_tokens: int, *, embedded: int = 0
+    ) -> None:
         """Adds one request's use to today's row, committed before this returns if it can be.
 
         Never raises: the answer has been generated and must reach its client. A row that cannot
@@ -90,11 +93,12 @@ class UsageLedger:
         """
         key = (user_id, self.today())
         if key in self._today:
-            self._today[key] += completion_tokens
-        held = self._held.setdefault(key, [0, 0, 0])
+            self._today[key] += completion_tokens + embedded
+        held = self._held.setdefault(key, [0, 0, 0, 0])
         held[0] += 1
         held[1] += prompt_tokens
         held[2] += completion_tokens
+        held[3] += embedded
         await self.flush()
 
     async def flush(self) -> bool:
@@ -103,21 +107,22 @@ class UsageLedger:
             while self._held:
                 # Taken out before the write: a request recorded meanwhile starts a new row.
                 key = next(iter(self._held))
-                requests, prompt_tokens, completion_tokens = self._held.pop(key)
+                row = self._held.pop(key)
                 try:
                     await self._db.execute(
                         "INSERT INTO usage (user_id, day, requests, prompt_tokens,"
-                        " completion_tokens) VALUES (?, ?, ?, ?, ?) ON CONFLICT (user_id, day)"
-                        " DO UPDATE SET requests = requests + excluded.requests,"
+                        " completion_tokens, embedding_tokens) VALUES (?, ?, ?, ?, ?, ?)"
+                        " ON CONFLICT (user_id, day) DO UPDATE SET"
+                        " requests = requests + excluded.requests,"
                         " prompt_tokens = prompt_tokens + excluded.prompt_tokens,"
-                        " completion_tokens = completion_tokens + excluded.completion_tokens",
-                        (*key, requests, prompt_tokens, completion_tokens),
+                        " completion_tokens = completion_tokens + excluded.completion_tokens,"
+                        " embedding_tokens = embedding_tokens + excluded.embedding_tokens",
+                        (*key, *row),
                     )
                 except sqlite3.Error as exc:
-                    held = self._held.setdefault(key, [0, 0, 0])
-                    held[0] += requests
-                    held[1] += prompt_tokens
-                    held[2] += completion_tokens
+                    held = self._held.setdefault(key, [0, 0, 0, 0])
+                    for i, value in enumerate(row):
+                        held[i] += value
                     self._failed(exc)
                     return False
             return True
@@ -141,15 +146,18 @@ class UsageLedger:
             )
 
     async def tokens_today(self, user_id: int) -> int:
-        """Tokens generated for ``user_id`` today (UTC), held rows included."""
+        """Tokens generated and embedded for ``user_id`` today (UTC), held rows included."""
         key = (user_id, self.today())
         if key not in self._today:
             if len(self._today) > 10_000:  # yesterday's entries: drop them all, reread
                 self._today.clear()
             row = await self._db.fetch_one(
-                "SELECT completion_tokens FROM usage WHERE user_id = ? AND day = ?", key
+                "SELECT completion_tokens + embedding_tokens FROM usage"
+                " WHERE user_id = ? AND day = ?",
+                key,
             )
-            held = self._held.get(key, [0, 0, 0])[2]
+            held_row = self._held.get(key, [0, 0, 0, 0])
+            held = held_row[2] + held_row[3]
             self._today.setdefault(key, (int(row[0]) if row else 0) + held)
         return self._today[key]
 
@@ -158,7 +166,7 @@ class UsageLedger:
         today = dt.date.fromisoformat(self.today())
         since = (today - dt.timedelta(days=days - 1)).isoformat()
         rows = await self._db.fetch_all(
-            "SELECT day, requests, prompt_tokens, completion_tokens FROM usage"
+            "SELECT day, requests, prompt_tokens, completion_tokens, embedding_tokens FROM usage"
             " WHERE user_id = ? AND day >= ? ORDER BY day DESC",
             (user_id, since),
         )
@@ -167,7 +175,8 @@ class UsageLedger:
     async def everyone(self, since: str, until: str) -> list[UserDayUsage]:
         """Every user's use from ``since`` to ``until`` (UTC days, inclusive)."""
         rows = await self._db.fetch_all(
-            "SELECT u.username, g.day, g.requests, g.prompt_tokens, g.completion_tokens"
+            "SELECT u.username, g.day, g.requests, g.prompt_tokens, g.completion_tokens,"
+            " g.embedding_tokens"
             " FROM usage g JOIN users u ON u.id = g.user_id WHERE g.day BETWEEN ? AND ?"
             " ORDER BY g.day DESC, u.username",
             (since, until),

@@ -8,7 +8,7 @@ use a scripted fake. Nothing here knows about HTTP or the service's settings: an
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import msgspec
 
@@ -135,6 +135,8 @@ class ChatMessage(msgspec.Struct, frozen=True):
 class Engine(Protocol):
     """Generates text for one loaded model."""
 
+    kind: Literal["chat"]
+
     @property
     def context_size(self) -> int:
         """Tokens the context holds: prompt plus completion."""
@@ -197,3 +199,49 @@ class Engine(Protocol):
         """Stops admitting, lets running generations finish for up to ``grace`` seconds, then
         cancels what is left and frees the model."""
         ...
+
+
+class Embedder(Protocol):
+    """Embeds texts with one loaded embedding model."""
+
+    kind: Literal["embedding"]
+
+    @property
+    def dimensions(self) -> int:
+        """The size of each vector."""
+        ...
+
+    @property
+    def context_size(self) -> int:
+        """Tokens one input may have."""
+        ...
+
+    @property
+    def vocab_size(self) -> int:
+        """Token ids run from 0 to ``vocab_size - 1``."""
+        ...
+
+    async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+        """The tokens the model sees for ``text``."""
+        ...
+
+    async def embed(self, inputs: Sequence[Sequence[int]]) -> list[Any]:
+        """One L2-normalised vector (a numpy array) per input, in order. Raises
+        ``InvalidRequest`` naming ``input[i]`` for an empty or too long input."""
+        ...
+
+    def stats(self) -> EngineStats:
+        """Batches in progress and requests waiting."""
+        ...
+
+    def stop_admitting(self) -> None:
+        """From now on new requests are refused with ``EngineStopping`` (503)."""
+        ...
+
+    async def close(self, grace: float = 0.0) -> None:
+        """Stops the worker and frees the model."""
+        ...
+
+
+LoadedModel = Engine | Embedder
+"""What a loaded model is: a chat engine or an embedder (``kind`` says which)."""

@@ -17,19 +17,21 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Literal
 
 import msgspec
 
-from app.errors import EngineStopping, ModelNotReady, ModelUnavailable, QueueFull
+from app.errors import EngineStopping, InvalidRequest, ModelNotReady, ModelUnavailable, QueueFull
 from app.inference.catalog import Catalog, ModelSpec
-from app.inference.engine import Engine, EngineConfig, EngineStats
+from app.inference.engine import Embedder, Engine, EngineConfig, EngineStats, LoadedModel
+from app.inference.llama_embedder import LlamaEmbedder, is_embedding_model
 from app.inference.llama_engine import LlamaEngine
 from app.inference.model_files import resolve_model_file
 from app.inference.progress import DownloadProgress
 
 logger = logging.getLogger(__name__)
 
-EngineLoader = Callable[[Path, EngineConfig], Awaitable[Engine]]
+EngineLoader = Callable[[Path, EngineConfig], Awaitable[LoadedModel]]
 
 
 class HostConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -56,8 +58,11 @@ class ModelState(enum.StrEnum):
     FAILED = "failed"
 
 
-async def load_llama_engine(path: Path, config: EngineConfig) -> Engine:
-    """The default loader: llama.cpp over the GGUF at ``path``."""
+async def load_llama_engine(path: Path, config: EngineConfig) -> LoadedModel:
+    """The default loader: llama.cpp over the GGUF at ``path``, as an embedder when the GGUF
+    says it pools (an embedding model), else as a chat engine."""
+    if await asyncio.to_thread(is_embedding_model, path):
+        return await LlamaEmbedder.load(path, config)
     return await LlamaEngine.load(path, config)
 
 
@@ -69,7 +74,9 @@ class HostedModel:
         self.state = ModelState.STARTING
         self.error: str | None = None
         self.path: Path | None = None
-        self.engine: Engine | None = None
+        self.engine: LoadedModel | None = None
+        self.kind: Literal["chat", "embedding"] | None = None
+        """``chat`` or ``embedding`` once known (from the GGUF, or once loaded)."""
         self.progress = DownloadProgress(spec.file or spec.id, log_every=download_log_seconds)
         self.leases = 0
         self.last_used = 0.0
@@ -89,12 +96,34 @@ class Lease:
 
     def __init__(self, model: HostedModel, released: asyncio.Event) -> None:
         assert model.engine is not None
-        self.engine: Engine = model.engine
+        self._loaded: LoadedModel = model.engine
         self.model_id = model.id
         self._model, self._released = model, released
         self._held = True
         model.leases += 1
         model.last_used = time.monotonic()
+
+    @property
+    def engine(self) -> Engine:
+        """The model's chat engine; a 400 for an embedding model."""
+        if self._loaded.kind == "embedding":
+            raise InvalidRequest(
+                f"The model '{self.model_id}' is an embedding model: it only embeds "
+                "(POST /v1/embeddings).",
+                param="model",
+            )
+        return self._loaded
+
+    @property
+    def embedder(self) -> Embedder:
+        """The model's embedder; a 400 for a chat model."""
+        if self._loaded.kind == "chat":
+            raise InvalidRequest(
+                f"The model '{self.model_id}' is a chat model and cannot embed: use an "
+                "embedding model (GET /v1/models lists each model's kind).",
+                param="model",
+            )
+        return self._loaded
 
     def release(self) -> None:
         if self._held:
@@ -111,7 +140,7 @@ class ModelHost:
         config: HostConfig,
         catalog: Catalog,
         *,
-        engine: Engine | None = None,
+        engine: LoadedModel | None = None,
         loader: EngineLoader = load_llama_engine,
     ) -> None:
         self.catalog = catalog
@@ -128,7 +157,7 @@ class ModelHost:
         self._released = asyncio.Event()
         if engine is not None:  # tests above the engine: the default model is ready
             default = self.models[catalog.default.id]
-            default.engine, default.state = engine, ModelState.READY
+            default.engine, default.state, default.kind = engine, ModelState.READY, engine.kind
             for model in self.models.values():
                 if model.engine is None:
                     model.state = ModelState.UNLOADED
@@ -192,6 +221,10 @@ class ModelHost:
         except ModelUnavailable as exc:
             model.state, model.error = ModelState.FAILED, str(exc)
             raise
+        if self._loader is load_llama_engine:  # what /v1/models says before it loads
+            model.kind = (
+                "embedding" if await asyncio.to_thread(is_embedding_model, model.path) else "chat"
+            )
         model.state = ModelState.UNLOADED
 
     async def wait_settled(self) -> ModelState:
@@ -267,6 +300,7 @@ class ModelHost:
             model.state, model.error = ModelState.UNLOADED, str(exc)
             raise
         model.state, model.error = ModelState.READY, None
+        model.kind = model.engine.kind
         model.last_used = time.monotonic()
         logger.info("model %r ready (context %d tokens)", model.id, model.engine.context_size)
 

@@ -14,7 +14,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import msgspec
 from llama_cpp import _internals as internals
@@ -43,6 +43,8 @@ _T = TypeVar("_T")
 
 class LlamaEngine:
     """``Engine`` over llama.cpp with ``config.parallel`` sequences decoded together."""
+
+    kind: Literal["chat"] = "chat"
 
     def __init__(
         self, model: internals.LlamaModel, context: internals.LlamaContext, config: EngineConfig

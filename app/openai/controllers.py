@@ -26,6 +26,7 @@ from app.accounts.schemas import User
 from app.errors import error_responses
 from app.openai.protocol_chat import ChatCompletion, ChatCompletionRequest
 from app.openai.protocol_completions import CompletionRequest, CompletionResponse
+from app.openai.protocol_embeddings import EmbeddingList, EmbeddingRequest
 from app.openai.protocol_models import (
     DetokenizeRequest,
     DetokenizeResponse,
@@ -37,6 +38,7 @@ from app.openai.protocol_models import (
 from app.openai.protocol_responses import Deleted, InputItemList, ResponseObject, ResponseRequest
 from app.openai.serving_chat import ChatServing
 from app.openai.serving_completions import CompletionServing
+from app.openai.serving_embeddings import EmbeddingServing
 from app.openai.serving_models import ModelServing
 from app.openai.serving_responses import ResponsesServing
 
@@ -44,6 +46,7 @@ Chat = NamedDependency[SkipValidation[ChatServing]]
 Completions = NamedDependency[SkipValidation[CompletionServing]]
 Models = NamedDependency[SkipValidation[ModelServing]]
 Responses = NamedDependency[SkipValidation[ResponsesServing]]
+Embeddings = NamedDependency[SkipValidation[EmbeddingServing]]
 Admitted = NamedDependency[SkipValidation[Caller]]
 
 
@@ -203,6 +206,42 @@ class OpenAIController(Controller):
         if data.stream:
             return event_stream(await chat.stream(data, caller), caller)
         return Response(await chat.create(data, caller), headers=caller.headers())
+
+    @post(
+        "/embeddings",
+        summary="Create embeddings",
+        description=(
+            "Embeds `input` (a string, a list of strings, a list of token ids, or a list of such "
+            "lists; at most 2048) with an embedding model (`kind: embedding` in /v1/models): one "
+            "L2-normalised vector per input, in input order. `encoding_format` `float` or "
+            "`base64` (little-endian float32, what the `openai` SDK asks for); `dimensions` keeps "
+            "the first n and normalises again. An input longer than the model's context is a 400 "
+            "naming it (never cut); a chat model is a 400. Usage counts the input tokens, which "
+            "count against the daily token limit."
+        ),
+        status_code=200,
+        responses=error_responses(400, 401, 404, 413, 503),
+    )
+    async def create_embeddings(
+        self,
+        data: Annotated[
+            EmbeddingRequest,
+            Body(
+                examples=[
+                    Example(
+                        summary="Embed two passages",
+                        value={
+                            "model": "all-minilm-l6-v2",
+                            "input": ["The cat sat on the mat.", "A feline rested on a rug."],
+                        },
+                    )
+                ]
+            ),
+        ],
+        embeddings: Embeddings,
+        caller: Admitted,
+    ) -> Response[EmbeddingList]:
+        return Response(await embeddings.create(data, caller), headers=caller.headers())
 
 
 class ResponsesController(Controller):

@@ -15,6 +15,13 @@ class Model(msgspec.Struct, kw_only=True):
     object: Literal["model"] = "model"
     created: int
     owned_by: str
+    kind: Annotated[
+        Literal["chat", "embedding"] | None,
+        msgspec.Meta(
+            description="`chat` (chat and completions) or `embedding` (/v1/embeddings), read "
+            "from the GGUF; null until its file is here."
+        ),
+    ] = None
 
 
 class ModelList(msgspec.Struct, kw_only=True):

@@ -32,7 +32,12 @@ class ModelServing:
         return self._model(self._host.find(name).id)
 
     def _model(self, model_id: str) -> Model:
-        return Model(id=model_id, created=self._created, owned_by=self._owned_by)
+        return Model(
+            id=model_id,
+            created=self._created,
+            owned_by=self._owned_by,
+            kind=self._host.models[model_id].kind,
+        )
 
     async def tokenize(self, request: TokenizeRequest) -> TokenizeResponse:
         """The tokens of ``request.content``."""

