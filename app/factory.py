@@ -157,6 +157,8 @@ def build_services(
         requests_per_minute=settings.requests_per_minute,
         tokens_per_day=settings.tokens_per_day,
         concurrent=settings.concurrent_per_user,
+        queue_timeout=settings.queue_timeout,
+        max_waiting=settings.max_queue,
     )
     accounts = account_service(settings, db)
     defaults = SamplingDefaults(max_tokens=settings.max_length, temperature=settings.temperature)

@@ -3,12 +3,14 @@
 Requests per minute are a moving window of the ``limits`` package (in memory: a restart
 forgives). Tokens per day come from the usage ledger; a request is admitted while the day's total
 is under the limit, so the last one may pass it by at most its own ``max_tokens``. Requests in
-progress are counted while a generation holds its ``slot``.
+progress are counted while a generation holds its ``slot``; a request over the user's cap waits
+its turn (first come, first served among that user's requests) instead of being refused, up to
+the queue timeout, and a 429 then says how long a retry would likely wait.
 """
 
 from __future__ import annotations
 
-import collections
+import asyncio
 import math
 import time
 from collections.abc import AsyncIterator
@@ -75,14 +77,18 @@ class Limits:
         requests_per_minute: int,
         tokens_per_day: int,
         concurrent: int = 0,
+        queue_timeout: float = 60.0,
+        max_waiting: int = 16,
         storage: Storage | None = None,
     ) -> None:
         self._ledger = ledger
         self._rpm = requests_per_minute
         self._tpd = tokens_per_day
         self._concurrent = concurrent
+        self._queue_timeout = queue_timeout
+        self._max_waiting = max_waiting
         self._minute = MovingWindowRateLimiter(storage or MemoryStorage())
-        self._in_progress: collections.Counter[int] = collections.Counter()
+        self._users: dict[int, _UserSlots] = {}
 
     def limits(self, user: User) -> tuple[int, int]:
         """The user's (requests per minute, tokens per day); 0 means no limit."""
@@ -132,23 +138,49 @@ class Limits:
     async def slot(self, user: User) -> AsyncIterator[None]:
         """One request in progress for ``user``, for as long as the block runs.
 
-        Raises ``RequestRateLimited`` when the user already has ``concurrent`` in progress: one
-        user cannot hold every slot and the whole queue while others wait.
+        With ``concurrent`` already in progress, the request waits for one of them to end (one
+        user cannot hold every engine slot while others wait, and their extra requests are not
+        lost either). Raises ``RequestRateLimited`` when ``max_waiting`` of the user's requests
+        wait already, or this one waited ``queue_timeout`` in vain; its ``Retry-After`` is what
+        the user's recent requests suggest a retry would wait.
         """
-        if self._concurrent and self._in_progress[user.id] >= self._concurrent:
-            raise RequestRateLimited(
-                f"You have {self._in_progress[user.id]} requests in progress, the most one user "
-                "may have at once; send the next when one has finished.",
-                retry_after=1,
-                headers={},
-            )
-        self._in_progress[user.id] += 1
-        try:
+        if not self._concurrent:
             yield
+            return
+        slots = self._users.get(user.id)
+        if slots is None:
+            slots = self._users[user.id] = _UserSlots(self._concurrent)
+        slots.users += 1
+        try:
+            if slots.waiting >= self._max_waiting and slots.semaphore.locked():
+                raise self._busy(slots, "and as many more are waiting")
+            slots.waiting += 1
+            try:
+                await asyncio.wait_for(slots.semaphore.acquire(), self._queue_timeout)
+            except TimeoutError:
+                raise self._busy(slots, f"and this one waited {self._queue_timeout:g} s") from None
+            finally:
+                slots.waiting -= 1
+            started = time.monotonic()
+            try:
+                yield
+            finally:
+                slots.semaphore.release()
+                slots.held(time.monotonic() - started)
         finally:
-            self._in_progress[user.id] -= 1
-            if not self._in_progress[user.id]:
-                del self._in_progress[user.id]
+            slots.users -= 1
+            if not slots.users:
+                del self._users[user.id]
+
+    def _busy(self, slots: _UserSlots, why: str) -> RequestRateLimited:
+        # A retry waits for the requests ahead of it, ``concurrent`` at a time.
+        rounds = math.ceil((slots.waiting + 1) / self._concurrent)
+        return RequestRateLimited(
+            f"You have {self._concurrent} requests in progress, the most one user may have at "
+            f"once, {why}; retry after the Retry-After seconds.",
+            retry_after=max(1.0, rounds * slots.typical),
+            headers={},
+        )
 
     async def report(self, user: User, days: int) -> UsageReport:
         """The user's limits, today's generated tokens, and the last ``days`` days."""
@@ -161,6 +193,19 @@ class Limits:
         return UsageReport(
             requests_per_minute=rpm, tokens_per_day=tpd, tokens_today=used, days=history
         )
+
+
+class _UserSlots:
+    """One user's requests in progress, those waiting, and how long theirs usually take."""
+
+    def __init__(self, concurrent: int) -> None:
+        self.semaphore = asyncio.Semaphore(concurrent)  # waiters are served in order
+        self.waiting = 0
+        self.users = 0  # requests in progress or waiting: the entry goes with the last
+        self.typical = 1.0  # seconds a request holds its slot, a moving average
+
+    def held(self, seconds: float) -> None:
+        self.typical = 0.8 * self.typical + 0.2 * seconds
 
 
 def _duration(seconds: float) -> str:

@@ -160,7 +160,7 @@ def test_a_client_that_leaves_a_stream_pays_for_what_was_generated(
         assert usage["tokens_today"] == today["completion_tokens"]
 
 
-def test_one_user_flooding_cannot_crowd_out_another(tmp_path: Path, model_file: Path) -> None:
+def test_one_user_flooding_cannot_crowd_out_another_nor_lose_requests(tmp_path: Path, model_file: Path) -> None:
     env = {"APP_PARALLEL": "2", "APP_CONCURRENT_PER_USER": "2", "APP_MODEL_PATH": str(model_file)}
     with serving(tmp_path, **env) as (url, _):
         admin = {"Authorization": f"Bearer {access_token(url, 'admin', ADMIN_PASSWORD)}"}
@@ -188,7 +188,8 @@ def test_one_user_flooding_cannot_crowd_out_another(tmp_path: Path, model_file: 
         for thread in threads:
             thread.join()
     assert other.status_code == 200, other.text
-    assert sorted(flood) == [200, 200, 429, 429, 429, 429]
+    # Over their cap of 2, the flood's other requests waited their turn instead of failing.
+    assert sorted(flood) == [200] * 6
 
 
 def test_behind_a_trusted_proxy_logins_are_throttled_per_real_client(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sqlite3
 import time
 from pathlib import Path
@@ -198,19 +197,58 @@ async def test_the_minute_slides_and_the_day_turns_at_utc_midnight(
         await db.close()
 
 
-async def test_one_user_cannot_hold_more_than_their_share_of_requests() -> None:
+async def test_a_request_over_the_users_cap_waits_its_turn() -> None:
     limits = Limits(None, requests_per_minute=0, tokens_per_day=0, concurrent=2)  # type: ignore[arg-type]
     bob, ann = someone(1, "bob"), someone(2, "ann")
-    async with contextlib.AsyncExitStack() as held:
-        await held.enter_async_context(limits.slot(bob))
-        async with limits.slot(bob):
-            with pytest.raises(RequestRateLimited, match="in progress"):
-                await held.enter_async_context(limits.slot(bob))
-            async with limits.slot(ann):  # another user is not affected
+    order: list[str] = []
+
+    async def request(name: str, user: User, hold: asyncio.Event) -> None:
+        async with limits.slot(user):
+            order.append(f"{name} in")
+            await hold.wait()
+        order.append(f"{name} out")
+
+    holds = {name: asyncio.Event() for name in ("b1", "b2", "b3", "b4", "a1")}
+    tasks = [
+        asyncio.create_task(request(name, ann if name == "a1" else bob, hold))
+        for name, hold in holds.items()
+    ]
+    await asyncio.sleep(0.01)
+    # bob's first two run, his next two wait; ann is not held up by bob's cap.
+    assert order == ["b1 in", "b2 in", "a1 in"]
+    holds["b2"].set()
+    await asyncio.sleep(0.01)
+    assert order[-2:] == ["b2 out", "b3 in"]  # first come, first served
+    for hold in holds.values():
+        hold.set()
+    await asyncio.gather(*tasks)
+    assert order.count("b4 in") == 1
+
+
+async def test_too_many_waiting_or_too_long_a_wait_is_a_429_saying_how_long() -> None:
+    limits = Limits(
+        None,  # type: ignore[arg-type]
+        requests_per_minute=0,
+        tokens_per_day=0,
+        concurrent=1,
+        queue_timeout=0.05,
+        max_waiting=1,
+    )
+    bob = someone(1, "bob")
+    async with limits.slot(bob):
+        with pytest.raises(RequestRateLimited, match="waited") as waited:
+            async with limits.slot(bob):
                 pass
-        async with limits.slot(bob):  # the second one ended: there is room again
-            with pytest.raises(RequestRateLimited):
-                await held.enter_async_context(limits.slot(bob))
+        assert waited.value.retry_after >= 1
+        waiter = asyncio.create_task(limits.slot(bob).__aenter__())
+        await asyncio.sleep(0.01)
+        with pytest.raises(RequestRateLimited, match="waiting"):
+            async with limits.slot(bob):
+                pass
+        waiter.cancel()
+        await asyncio.gather(waiter, return_exceptions=True)
+    async with limits.slot(bob):  # all of it given back
+        pass
 
 
 async def test_a_finished_request_is_no_longer_in_progress(tmp_path: Path) -> None:
