@@ -241,6 +241,23 @@ class EngineStopping(ServiceError):
         return {"Retry-After": "10"}
 
 
+class LimitsUnavailable(ServiceError):
+    """The shared store of the limits (Valkey/Redis) does not answer: fail closed."""
+
+    status_code = 503
+    error_type = "unavailable_error"
+    code = "limits_unavailable"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The service cannot check your limits right now (its limits store does not "
+            "answer); retry shortly."
+        )
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "5"}
+
+
 class ModelUnavailable(Exception):
     """The model file cannot be obtained or loaded; stops the start with this one sentence."""
 

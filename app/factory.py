@@ -32,6 +32,7 @@ from app.accounts.limits import Limits
 from app.accounts.passwords import Passwords
 from app.accounts.schemas import User
 from app.accounts.service import AccountService
+from app.accounts.shared import SharedState
 from app.accounts.store import AccountStore
 from app.accounts.throttle import LoginThrottle
 from app.accounts.usage import UsageLedger
@@ -68,6 +69,7 @@ class Services:
     accounts: AccountService
     auth: OAuth2PasswordBearerAuth[User, Token]
     login_throttle: LoginThrottle
+    shared: SharedState
     ledger: UsageLedger
     limits: Limits
     host: ModelHost
@@ -152,8 +154,11 @@ def build_services(
     metrics = Metrics(host.stats)
     db = Database(database_path(settings))
     ledger = UsageLedger(db, on_write_failure=metrics.usage_write_failures.inc)
+    shared = SharedState(settings.redis_url)
     limits = Limits(
         ledger,
+        storage=shared.storage,
+        shared_slots=shared.slots,
         requests_per_minute=settings.requests_per_minute,
         tokens_per_day=settings.tokens_per_day,
         concurrent=settings.concurrent_per_user,
@@ -174,7 +179,10 @@ def build_services(
             token_minutes=settings.access_token_expire_minutes,
             public_paths=[f"^{SCHEMA_PATH}/"],
         ),
-        login_throttle=LoginThrottle(settings.login_max_failures, settings.login_lockout_seconds),
+        login_throttle=LoginThrottle(
+            settings.login_max_failures, settings.login_lockout_seconds, storage=shared.storage
+        ),
+        shared=shared,
         ledger=ledger,
         limits=limits,
         host=host,
@@ -232,6 +240,7 @@ def create_app(
             services.db.lifespan,
             first_admin.lifespan,
             services.ledger.lifespan,
+            services.shared.lifespan,
             metrics_listener(services.metrics, settings.metrics_listen),
             services.host.lifespan,
             # After the host: at shutdown, background responses stop before the engines drain.

@@ -259,6 +259,12 @@ class Settings(
             description="Requests each user may have in progress at once; 0: no limit.",
         ),
     ] = 4
+    redis_url: Annotated[
+        Annotated[str, Meta(pattern=r"^(redis|rediss|valkey|valkeys)://")] | None,
+        Meta(
+            description="Valkey/Redis shared by replicas for the limits (unset: memory).",
+        ),
+    ] = None
     responses_retention_days: Annotated[
         int,
         Meta(

@@ -11,8 +11,10 @@ the queue timeout, and a 429 then says how long a retry would likely wait.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ from limits.aio.storage import MemoryStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 
 from app.accounts.schemas import User
+from app.accounts.shared import SharedSlots, renewing, unavailable_as_503
 from app.accounts.usage import UsageLedger, UsageReport
 from app.errors import RequestRateLimited, TokenRateLimited
 
@@ -80,6 +83,7 @@ class Limits:
         queue_timeout: float = 60.0,
         max_waiting: int = 16,
         storage: Storage | None = None,
+        shared_slots: SharedSlots | None = None,
     ) -> None:
         self._ledger = ledger
         self._rpm = requests_per_minute
@@ -89,6 +93,7 @@ class Limits:
         self._max_waiting = max_waiting
         self._minute = MovingWindowRateLimiter(storage or MemoryStorage())
         self._users: dict[int, _UserSlots] = {}
+        self._shared = shared_slots
 
     def limits(self, user: User) -> tuple[int, int]:
         """The user's (requests per minute, tokens per day); 0 means no limit."""
@@ -106,9 +111,10 @@ class Limits:
         admitted, remaining, reset = True, 0, 0.0
         if rpm:
             item, key = RateLimitItemPerMinute(rpm), str(user.id)
-            if not out_of_tokens:
-                admitted = await self._minute.hit(item, key)
-            window_end, remaining = await self._minute.get_window_stats(item, key)
+            async with unavailable_as_503():
+                if not out_of_tokens:
+                    admitted = await self._minute.hit(item, key)
+                window_end, remaining = await self._minute.get_window_stats(item, key)
             reset = max(window_end - time.time(), 0.0)
         status = RateStatus(
             requests_limit=rpm,
@@ -155,22 +161,49 @@ class Limits:
             if slots.waiting >= self._max_waiting and slots.semaphore.locked():
                 raise self._busy(slots, "and as many more are waiting")
             slots.waiting += 1
+            deadline = time.monotonic() + self._queue_timeout
+            lease = uuid.uuid4().hex
             try:
                 await asyncio.wait_for(slots.semaphore.acquire(), self._queue_timeout)
             except TimeoutError:
                 raise self._busy(slots, f"and this one waited {self._queue_timeout:g} s") from None
             finally:
                 slots.waiting -= 1
+            try:
+                if self._shared is not None:  # the cap across every replica
+                    await self._take_shared(slots, user.id, lease, deadline)
+            except BaseException:
+                slots.semaphore.release()
+                raise
             started = time.monotonic()
+            renew = (
+                asyncio.create_task(renewing(self._shared, user.id, lease))
+                if self._shared is not None
+                else None
+            )
             try:
                 yield
             finally:
                 slots.semaphore.release()
                 slots.held(time.monotonic() - started)
+                if renew is not None and self._shared is not None:
+                    renew.cancel()
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(self._shared.give_back(user.id, lease))
         finally:
             slots.users -= 1
             if not slots.users:
                 del self._users[user.id]
+
+    async def _take_shared(
+        self, slots: _UserSlots, user_id: int, lease: str, deadline: float
+    ) -> None:
+        """Waits (polling) for one of the user's slots across replicas, until ``deadline``."""
+        assert self._shared is not None
+        while not await self._shared.try_take(user_id, self._concurrent, lease):
+            if time.monotonic() >= deadline:
+                raise self._busy(slots, f"and this one waited {self._queue_timeout:g} s")
+            await asyncio.sleep(0.05)
 
     def _busy(self, slots: _UserSlots, why: str) -> RequestRateLimited:
         # A retry waits for the requests ahead of it, ``concurrent`` at a time.

@@ -19,6 +19,7 @@ from limits import RateLimitItemPerSecond
 from limits.aio.storage import MemoryStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 
+from app.accounts.shared import unavailable_as_503
 from app.errors import TooManyAttempts
 
 
@@ -51,7 +52,8 @@ class LoginThrottle:
         self._in_flight.update(keys)
         try:
             for key in keys:
-                reset, remaining = await self._limiter.get_window_stats(self._item, key)
+                async with unavailable_as_503():
+                    reset, remaining = await self._limiter.get_window_stats(self._item, key)
                 if self._in_flight[key] > remaining:
                     wait = reset - time.time() if remaining <= 0 else 1
                     raise TooManyAttempts(max(1, math.ceil(wait)))
@@ -60,10 +62,12 @@ class LoginThrottle:
                 yield outcome
             finally:  # also when the wrong password is reported by raising
                 if outcome.wrong:
-                    for key in keys:
-                        await self._limiter.hit(self._item, key)
+                    async with unavailable_as_503():
+                        for key in keys:
+                            await self._limiter.hit(self._item, key)
             if clears is not None:
-                await self._limiter.clear(self._item, clears)
+                async with unavailable_as_503():
+                    await self._limiter.clear(self._item, clears)
         finally:
             self._in_flight.subtract(keys)
             for key in keys:

@@ -112,6 +112,19 @@ ensure_embedding_model() {
 
 # Debian's Chromium, which the offline /docs test drives (Playwright never downloads a browser
 # here). Installed with apt when missing and running as root; otherwise the test says what to do.
+# redis-server (Debian's; valkey-server is used instead where installed) for the tests of the
+# limits shared between replicas.
+ensure_redis() {
+    command -v valkey-server >/dev/null || command -v redis-server >/dev/null && return 0
+    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+        log "installing Debian's redis-server for the shared-limits tests (once)"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+    else
+        log "redis-server is missing: install it (Debian: apt-get install redis-server)"
+    fi
+}
+
 ensure_chromium() {
     command -v chromium >/dev/null && return 0
     if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then

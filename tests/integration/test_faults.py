@@ -160,7 +160,9 @@ def test_a_client_that_leaves_a_stream_pays_for_what_was_generated(
         assert usage["tokens_today"] == today["completion_tokens"]
 
 
-def test_one_user_flooding_cannot_crowd_out_another_nor_lose_requests(tmp_path: Path, model_file: Path) -> None:
+def test_one_user_flooding_cannot_crowd_out_another_nor_lose_requests(
+    tmp_path: Path, model_file: Path
+) -> None:
     env = {"APP_PARALLEL": "2", "APP_CONCURRENT_PER_USER": "2", "APP_MODEL_PATH": str(model_file)}
     with serving(tmp_path, **env) as (url, _):
         admin = {"Authorization": f"Bearer {access_token(url, 'admin', ADMIN_PASSWORD)}"}
