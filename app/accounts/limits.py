@@ -164,7 +164,8 @@ class Limits:
             deadline = time.monotonic() + self._queue_timeout
             lease = uuid.uuid4().hex
             try:
-                await asyncio.wait_for(slots.semaphore.acquire(), self._queue_timeout)
+                async with asyncio.timeout(self._queue_timeout):
+                    await slots.semaphore.acquire()
             except TimeoutError:
                 raise self._busy(slots, f"and this one waited {self._queue_timeout:g} s") from None
             finally:
@@ -184,12 +185,15 @@ class Limits:
             try:
                 yield
             finally:
-                slots.semaphore.release()
                 slots.held(time.monotonic() - started)
-                if renew is not None and self._shared is not None:
-                    renew.cancel()
-                    with contextlib.suppress(Exception):
-                        await asyncio.shield(self._shared.give_back(user.id, lease))
+                try:
+                    if renew is not None and self._shared is not None:
+                        renew.cancel()
+                        await asyncio.wait({renew})  # no renewal after the give-back
+                        with contextlib.suppress(Exception):
+                            await asyncio.shield(self._shared.give_back(user.id, lease))
+                finally:  # after the lease: the next waiter here finds the slot free there too
+                    slots.semaphore.release()
         finally:
             slots.users -= 1
             if not slots.users:
@@ -200,10 +204,34 @@ class Limits:
     ) -> None:
         """Waits (polling) for one of the user's slots across replicas, until ``deadline``."""
         assert self._shared is not None
-        while not await self._shared.try_take(user_id, self._concurrent, lease):
-            if time.monotonic() >= deadline:
-                raise self._busy(slots, f"and this one waited {self._queue_timeout:g} s")
-            await asyncio.sleep(0.05)
+        pause = 0.02
+        try:
+            while not await self._shared.try_take(user_id, self._concurrent, lease):
+                if time.monotonic() >= deadline:
+                    raise self._busy(slots, f"and this one waited {self._queue_timeout:g} s")
+                await asyncio.sleep(pause)
+                pause = min(pause * 1.5, 0.25)
+        except BaseException:
+            # The script may have taken the slot just as this was cancelled: give it back.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._shared.give_back(user_id, lease))
+            raise
+
+    async def check_tokens(self, user: User, tokens: int) -> None:
+        """Refuses work of ``tokens`` that would take the user past their daily limit (work
+        whose size is known before it is done, as embedding inputs are)."""
+        _, tpd = self.limits(user)
+        if not tpd:
+            return
+        used = await self._ledger.tokens_today(user.id)
+        if used + tokens > tpd:
+            _, day_left = self._ledger.day()
+            raise TokenRateLimited(
+                f"This request's {tokens} tokens would pass your limit of {tpd} tokens per "
+                f"day ({used} used); it resets at 00:00 UTC, in {math.ceil(day_left)}s.",
+                retry_after=day_left,
+                headers={},
+            )
 
     def _busy(self, slots: _UserSlots, why: str) -> RequestRateLimited:
         # A retry waits for the requests ahead of it, ``concurrent`` at a time.

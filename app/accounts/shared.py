@@ -31,17 +31,36 @@ logger = logging.getLogger(__name__)
 LEASE_SECONDS = 60.0
 """How long a request's hold on one of its user's slots lasts unless renewed."""
 
-_ACQUIRE = """
-local key, now, lapses, id, cap = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3],
-    tonumber(ARGV[4])
+# The store's own clock decides when leases lapse, so replicas' clocks may differ.
+_NOW = """
+local time = redis.call('TIME')
+local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
+"""
+_ACQUIRE = (
+    _NOW
+    + """
+local key, id, cap, lease = KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
 if redis.call('ZCARD', key) < cap then
-    redis.call('ZADD', key, lapses, id)
-    redis.call('PEXPIRE', key, math.ceil((lapses - now) * 1000))
+    redis.call('ZADD', key, now + lease, id)
+    redis.call('PEXPIRE', key, math.ceil(lease * 1000))
     return 1
 end
 return 0
 """
+)
+_RENEW = (
+    _NOW
+    + """
+local key, id, lease = KEYS[1], ARGV[1], tonumber(ARGV[2])
+if not redis.call('ZSCORE', key, id) then
+    return 0
+end
+redis.call('ZADD', key, now + lease, id)
+redis.call('PEXPIRE', key, math.ceil(lease * 1000))
+return 1
+"""
+)
 
 
 class SharedState:
@@ -55,11 +74,13 @@ class SharedState:
             self.storage = MemoryStorage()
             self.slots = None
         else:
+            # Valkey speaks Redis's protocol: one client library for both.
+            redis_url = _as_redis(url)
             self.storage = RedisStorage(
-                f"async+{url}", implementation="redispy", wrap_exceptions=True
+                f"async+{redis_url}", implementation="redispy", wrap_exceptions=True
             )
             self.slots = SharedSlots(
-                aioredis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+                aioredis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
             )
 
     @contextlib.asynccontextmanager
@@ -88,6 +109,7 @@ class SharedSlots:
     def __init__(self, client: aioredis.Redis) -> None:
         self._client = client
         self._acquire = client.register_script(_ACQUIRE)
+        self._renew = client.register_script(_RENEW)
 
     async def ping(self) -> None:
         async with unavailable_as_503():
@@ -95,16 +117,15 @@ class SharedSlots:
 
     async def try_take(self, user_id: int, cap: int, lease: str) -> bool:
         """Takes one of the user's ``cap`` slots for ``lease`` if one is free."""
-        now = time.time()
         async with unavailable_as_503():
-            taken = await self._acquire(
-                keys=[_key(user_id)], args=[now, now + LEASE_SECONDS, lease, cap]
-            )
+            taken = await self._acquire(keys=[_key(user_id)], args=[lease, cap, LEASE_SECONDS])
         return bool(taken)
 
     async def renew(self, user_id: int, lease: str) -> None:
+        """Extends a lease that is still held (and the set with it, so it cannot expire
+        under a long request)."""
         async with unavailable_as_503():
-            await self._client.zadd(_key(user_id), {lease: time.time() + LEASE_SECONDS}, xx=True)
+            await self._renew(keys=[_key(user_id)], args=[lease, LEASE_SECONDS])
 
     async def give_back(self, user_id: int, lease: str) -> None:
         async with unavailable_as_503():
@@ -138,6 +159,14 @@ def _log_failure(exc: BaseException) -> None:
 def _describe(exc: BaseException) -> str:
     inner: Any = getattr(exc, "storage_error", None)
     return f"{type(inner or exc).__name__}: {inner or exc}"
+
+
+def _as_redis(url: str) -> str:
+    """``valkey(s)://`` as the ``redis(s)://`` URL the client library takes."""
+    for scheme, same in (("valkeys://", "rediss://"), ("valkey://", "redis://")):
+        if url.startswith(scheme):
+            return same + url.removeprefix(scheme)
+    return url
 
 
 def _key(user_id: int) -> str:

@@ -15,6 +15,7 @@ longer than ``max_input_tokens`` are refused before they get here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import logging
 import queue
@@ -22,7 +23,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import llama_cpp
 import numpy as np
@@ -66,7 +67,8 @@ class LlamaEmbedder:
         self._context = context
         self._vocab = llama_cpp.llama_model_get_vocab(model.model)
         self._vocab_size = llama_cpp.llama_vocab_n_tokens(self._vocab)
-        self.dimensions = int(llama_cpp.llama_model_n_embd(model.model))
+        # Pooled vectors have n_embd_out floats (n_embd for most models).
+        self.dimensions = int(llama_cpp.llama_model_n_embd_out(model.model))
         self._batch_tokens = int(llama_cpp.llama_n_ubatch(context.ctx))
         self._sequences = int(llama_cpp.llama_n_seq_max(context.ctx))
         self.max_input_tokens = self._batch_tokens
@@ -110,7 +112,7 @@ class LlamaEmbedder:
 
     async def embed(self, inputs: Sequence[Sequence[int]]) -> list[np.ndarray]:
         """One L2-normalised vector per input, in order."""
-        if self._stopping:
+        if self._stopping or not self._worker.is_alive():
             raise EngineStopping()
         for index, tokens in enumerate(inputs):
             if not tokens:
@@ -121,7 +123,7 @@ class LlamaEmbedder:
                     f"{self.max_input_tokens}.",
                     param=f"input[{index}]",
                 )
-            if any(not 0 <= t < self._vocab_size for t in tokens):
+            if min(tokens) < 0 or max(tokens) >= self._vocab_size:
                 raise InvalidRequest(
                     f"Input {index} has a token id outside the model's vocabulary (0 to "
                     f"{self._vocab_size - 1}).",
@@ -146,9 +148,11 @@ class LlamaEmbedder:
         self._stopping = True
 
     async def close(self, grace: float = 0.0) -> None:
+        """Stops admitting; what waits is refused; the batch being encoded (if any) ends
+        first, so the context is never freed under it."""
         self._stopping = True
         self._jobs.put(None)
-        await asyncio.to_thread(self._worker.join, max(grace, 0.0) + 30)
+        await asyncio.to_thread(self._worker.join)
         llama_cpp.llama_batch_free(self._batch)
         self._context.close()
         self._model.close()
@@ -226,12 +230,18 @@ class LlamaEmbedder:
         self._waiting = [job for job in self._waiting if job.left > 0]
         for job in finished:
             vectors = [v for v in job.vectors if v is not None]
-            job.loop.call_soon_threadsafe(_resolve, job.done, vectors)
+            _answer(job, _resolve, vectors)
 
     def _fail_waiting(self, exc: BaseException) -> None:
         for job in self._waiting:
-            job.loop.call_soon_threadsafe(_reject, job.done, exc)
+            _answer(job, _reject, exc)
         self._waiting = []
+
+
+def _answer(job: _Job, call: Any, value: object) -> None:
+    """Hands a result to the job's event loop (gone already if the app is shutting down)."""
+    with contextlib.suppress(RuntimeError):
+        job.loop.call_soon_threadsafe(call, job.done, value)
 
 
 def _resolve(future: asyncio.Future[list[np.ndarray]], vectors: list[np.ndarray]) -> None:
@@ -283,10 +293,12 @@ def load_embedding_model(
         raise ModelUnavailable(
             f"llama.cpp could not create an embedding context for {path}."
         ) from None
-    if llama_cpp.llama_pooling_type(context.ctx) == llama_cpp.LLAMA_POOLING_TYPE_NONE:
+    pooling = llama_cpp.llama_pooling_type(context.ctx)
+    if pooling in (llama_cpp.LLAMA_POOLING_TYPE_NONE, llama_cpp.LLAMA_POOLING_TYPE_RANK):
         context.close()
         model.close()
-        raise ModelUnavailable(f"{path} does not say how to pool its embeddings.")
+        what = "is a reranker (rank pooling)" if pooling else "does not say how to pool"
+        raise ModelUnavailable(f"{path} {what}; /v1/embeddings needs an embedding model.")
     return model, context
 
 

@@ -59,6 +59,8 @@ class EmbeddingServing:
                     await embedder.tokenize(item) if isinstance(item, str) else item
                     for item in inputs
                 ]
+                # The daily limit counts these tokens: one request may not overshoot it.
+                await self._limits.check_tokens(caller.user, sum(len(t) for t in tokens))
                 vectors = await embedder.embed(tokens)
             finally:
                 lease.release()
@@ -91,4 +93,5 @@ def _encoded(vector: np.ndarray, dimensions: int | None, encoding: str) -> list[
     vector = vector.astype("<f4")
     if encoding == "base64":
         return base64.b64encode(vector.tobytes()).decode()
-    return [float(x) for x in vector]
+    floats: list[float] = vector.tolist()
+    return floats

@@ -148,3 +148,25 @@ async def test_the_service_answers_503_while_the_store_is_down(tmp_path: Path) -
         assert login.status_code == 503, login.text  # the login throttle cannot count either
         assert login.json()["error"]["code"] == "limits_unavailable"
         assert login.headers["retry-after"] == "5"
+
+
+async def test_a_long_request_keeps_its_lease(
+    stores: list[SharedState], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shared_module, "LEASE_SECONDS", 0.3)  # renewed every 0.1 s
+    holder = limits_on(stores[0], concurrent=1, queue_timeout=5)
+    other = limits_on(stores[1], concurrent=1, queue_timeout=0.6)
+    user = someone(5)
+    async with holder.slot(user):
+        await asyncio.sleep(0.5)  # past a lease: renewals keep it
+        with pytest.raises(RequestRateLimited):
+            async with other.slot(user):
+                pass
+    async with other.slot(user):  # given back at the end
+        pass
+
+
+def test_valkey_urls_reach_the_same_client() -> None:
+    assert shared_module._as_redis("valkey://h:1/0") == "redis://h:1/0"
+    assert shared_module._as_redis("valkeys://h:1/0") == "rediss://h:1/0"
+    assert shared_module._as_redis("redis://h:1/0") == "redis://h:1/0"

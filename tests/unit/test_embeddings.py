@@ -87,11 +87,16 @@ async def test_token_ids_are_embedded_as_given(
 async def test_embedded_tokens_count_against_the_daily_limit(
     tmp_path: Path, embedder: FakeEmbedder
 ) -> None:
-    async for client in client_for(tmp_path, embedder, APP_TOKENS_PER_DAY="5"):
+    async for client in client_for(tmp_path, embedder, APP_TOKENS_PER_DAY="8"):
         await embed(client, input=["a b c d e f"])
         usage = (await client.get("/users/me/usage")).json()
         assert usage["tokens_today"] == 6
         assert usage["days"][0]["embedding_tokens"] == 6
+        # 3 more would pass the limit: refused before they are embedded.
+        over = await client.post("/v1/embeddings", json={"model": MODEL, "input": "a b c"})
+        assert over.status_code == 429
+        assert over.json()["error"]["type"] == "tokens"
+        await embed(client, input="a b")  # exactly up to it
         refused = await client.post("/v1/embeddings", json={"model": MODEL, "input": "a"})
         assert refused.status_code == 429
 
