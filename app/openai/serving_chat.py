@@ -72,6 +72,8 @@ class ChatServing(OpenAIServing):
                 grammar=grammar,
                 grammar_opening=opening,
             )
+            if plan.tools and not plan.calling:
+                params = await _no_native_calls(engine, params)
             tools = plan.tools if plan.calling else ()
             tokens = await engine.tokenize_chat(messages, tools, tool_required=plan.forced)
             return [tokens], params
@@ -287,6 +289,20 @@ def whole_arguments(arguments: str) -> bool:
         return isinstance(json.loads(arguments), dict)
     except ValueError:
         return False
+
+
+async def _no_native_calls(engine: Engine, params: SamplingParams) -> SamplingParams:
+    """With ``tool_choice: none``, a model whose calls open with a control token of their own
+    (Qwen's ``<tool_call>``, Mistral's ``[TOOL_CALLS]``) cannot write that token."""
+    tool_format = engine.tool_format
+    first = next((piece for piece in tool_format.opening if piece), None)
+    if not tool_format.native or first is None:
+        return params
+    tokens = await engine.tokenize(first, add_special=False)
+    if len(tokens) != 1:  # spelled with ordinary tokens: text, which stays allowed
+        return params
+    ban = ((tokens[0], float("-inf")),)
+    return msgspec.structs.replace(params, logit_bias=params.logit_bias + ban)
 
 
 def _answer_schema(request: ChatCompletionRequest) -> JsonAlternative | None:

@@ -12,7 +12,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from app.factory import create_app
-from app.inference.tool_formats import GENERIC, LLAMA3, MISTRAL, ToolFormat
+from app.inference.tool_formats import GENERIC, HERMES, LLAMA3, MISTRAL, ToolFormat
 from tests.unit.fakes import FakeEngine
 from tests.unit.support import ADMIN, ADMIN_PASSWORD, bearer, login, settings_for
 
@@ -175,3 +175,22 @@ def test_mistral_call_ids_are_the_nine_characters_its_template_checks() -> None:
     assert len(ids) == 100
     assert all(len(i) == 9 and i.isalnum() for i in ids)
     assert GENERIC.call_id().startswith("call_")
+
+
+async def test_none_bans_a_native_formats_own_call_token(tmp_path: Path) -> None:
+    class HermesEngine(FakeEngine):
+        @property
+        def tool_format(self) -> ToolFormat:
+            return HERMES
+
+        async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+            return [777] if text == "<tool_call>" else await super().tokenize(text)
+
+    engine = HermesEngine(words=CALL_WORDS)
+    app = create_app(settings_for(tmp_path), engine=engine)
+    async with AsyncTestClient(app=app) as client:
+        client.headers.update(bearer(await login(client, ADMIN, ADMIN_PASSWORD)))
+        await client.post("/v1/chat/completions", json=chat(tools=[TOOL], tool_choice="none"))
+        assert (777, float("-inf")) in engine.calls[-1][1].logit_bias
+        await client.post("/v1/chat/completions", json=chat(tools=[TOOL]))
+        assert (777, float("-inf")) not in engine.calls[-1][1].logit_bias
