@@ -69,6 +69,7 @@ class LlamaEngine:
             context_size=config.context_size,
             max_queue=config.max_queue,
             queue_timeout=config.queue_timeout,
+            preserved=self._call_markers(),
         )
 
     @classmethod
@@ -79,6 +80,21 @@ class LlamaEngine:
         """
         model, context = await asyncio.to_thread(load_model, path, config)
         return cls(model, context, config)
+
+    def _call_markers(self) -> frozenset[int]:
+        """The control tokens the tool format writes calls with (``<tool_call>`` in Qwen's
+        vocabulary): their text must show in the output, where calls are read from it."""
+        tool_format = self._chat.tool_format
+        if not tool_format.native:
+            return frozenset()
+        markers = [p for p in tool_format.opening if p] + [tool_format.call_suffix]
+        markers.append(tool_format.closing)
+        tokens = set()
+        for marker in filter(None, markers):
+            ids = self._tokenizer.encode_text(marker.strip(), add_special=False)
+            if len(ids) == 1 and self._tokenizer.spells_control_token(marker):
+                tokens.add(ids[0])
+        return frozenset(tokens)
 
     @property
     def context_size(self) -> int:

@@ -82,8 +82,10 @@ class Scheduler:
         context_size: int,
         max_queue: int,
         queue_timeout: float,
+        preserved: frozenset[int] = frozenset(),
     ) -> None:
         self._model = model
+        self._preserved = preserved
         self._ctx = context
         self._context_size = context_size
         self._vocab = model.vocab
@@ -401,7 +403,9 @@ class Scheduler:
         self._outbox.append((request, event))
 
     def _piece(self, token: int) -> bytes:
-        piece: bytes = self._model.detokenize([token])
+        # Control tokens are written as nothing, except those a tool format writes its calls
+        # with (Qwen's <tool_call>): without them a call could not be seen in the text.
+        piece: bytes = self._model.detokenize([token], special=token in self._preserved)
         return piece
 
 
