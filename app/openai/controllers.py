@@ -174,8 +174,13 @@ class OpenAIController(Controller):
             "content as a string or text parts), rendered with the model's own chat template. "
             "`response_format` `json_object` or `json_schema` makes the output valid JSON (of "
             "that schema) with a llama.cpp grammar, unless `max_tokens` cuts it "
-            "(`finish_reason: length`). `logprobs`/`top_logprobs` as in OpenAI. Tools are not "
-            "supported." + _SAMPLING + _STREAMING
+            "(`finish_reason: length`). `logprobs`/`top_logprobs` as in OpenAI. Tool calling: "
+            "`tools` (functions with a JSON-schema `parameters`, `strict`), `tool_choice` "
+            "(`auto`, `required`, a named function, `none`), `parallel_tool_calls`, and the "
+            "legacy `functions`/`function_call`; a call the client forces is held to its "
+            "function's schema by a grammar, and `auto` holds a call to it once the model opens "
+            "one. Calls come back in `message.tool_calls` with `finish_reason: tool_calls`, and "
+            "stream as OpenAI streams them." + _SAMPLING + _STREAMING
         ),
         status_code=200,
         responses=error_responses(400, 401, 404, 413, 503),
