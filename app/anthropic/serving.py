@@ -97,7 +97,7 @@ class MessagesServing:
 
     async def create(self, request: MessagesRequest, caller: Caller) -> Message:
         """The whole message."""
-        turn = await self._chat.turn(chat_request(request), caller)
+        turn = await self._chat.turn(chat_request(request), caller, prefill=prefill_of(request))
         reply = await turn.reply()
         assert reply.end is not None
         content: list[TextOut | ToolUseOut] = []
@@ -123,7 +123,7 @@ class MessagesServing:
 
     async def stream(self, request: MessagesRequest, caller: Caller) -> AsyncIterator[bytes]:
         """The message as Anthropic streams it, an ``error`` event if it fails after it began."""
-        turn = await self._chat.turn(chat_request(request), caller)
+        turn = await self._chat.turn(chat_request(request), caller, prefill=prefill_of(request))
         start = Message(
             id=message_id(),
             model=turn.job.model,
@@ -137,7 +137,9 @@ class MessagesServing:
         self, request: CountTokensRequest, caller: Caller
     ) -> CountTokensResponse:
         """The prompt's tokens, as ``create`` would count them."""
-        tokens = await self._chat.count_prompt(chat_request(request), caller)
+        tokens = await self._chat.count_prompt(
+            chat_request(request), caller, prefill=prefill_of(request)
+        )
         return CountTokensResponse(input_tokens=tokens)
 
 
@@ -240,6 +242,28 @@ def message_id() -> str:
     return "msg_" + "".join(secrets.choice(_ALPHANUMERIC) for _ in range(24))
 
 
+def prefill_of(request: CountTokensRequest) -> str | None:
+    """The text of a final assistant turn, which the reply continues (Anthropic's prefill);
+    None when the conversation ends otherwise."""
+    last = request.messages[-1]
+    if last.role != "assistant":
+        return None
+    if isinstance(last.content, str):
+        text = last.content
+    elif all(
+        isinstance(b, TextBlock | ThinkingBlock | RedactedThinkingBlock) for b in last.content
+    ):
+        text = "\n\n".join(b.text for b in last.content if isinstance(b, TextBlock))
+    else:
+        return None  # a turn of tool uses is rendered as it is
+    if text != text.rstrip():
+        raise InvalidRequest(
+            "The final assistant content cannot end with trailing whitespace.",
+            param=f"messages[{len(request.messages) - 1}].content",
+        )
+    return text or None
+
+
 def chat_request(request: CountTokensRequest) -> ChatCompletionRequest:
     """The chat request that asks the same; a 400 for what cannot be asked."""
     if request.thinking is not None and request.thinking.get("type") == "enabled":
@@ -250,7 +274,8 @@ def chat_request(request: CountTokensRequest) -> ChatCompletionRequest:
         text = system if isinstance(system, str) else "\n\n".join(b.text for b in system)
         messages.append(ChatMessage(role="system", content=text))
     uses: set[str] = set()
-    for index, turn in enumerate(request.messages):
+    turns = request.messages[:-1] if prefill_of(request) is not None else request.messages
+    for index, turn in enumerate(turns):
         messages += _turn(turn, f"messages[{index}]", uses)
     tools = [
         FunctionTool(

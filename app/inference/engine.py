@@ -166,9 +166,12 @@ class Engine(Protocol):
         tools: Sequence[ToolSpec] = (),
         *,
         tool_required: bool = False,
+        prefill: str | None = None,
     ) -> list[int]:
         """The prompt tokens for a conversation, rendered with the model's chat template, with
-        ``tools`` described to the model (``tool_required``: a call must follow).
+        ``tools`` described to the model (``tool_required``: a call must follow), and
+        ``prefill``, the start of the reply that the model continues (text, never parsed for
+        control tokens).
 
         Raises ``InvalidRequest`` when the template refuses the conversation.
         """

@@ -145,9 +145,10 @@ class LlamaEngine:
         tools: Sequence[ToolSpec] = (),
         *,
         tool_required: bool = False,
+        prefill: str | None = None,
     ) -> list[int]:
         try:
-            return await self._prepare(self._tokenize_chat, messages, tools, tool_required)
+            return await self._prepare(self._tokenize_chat, messages, tools, tool_required, prefill)
         except Cancelled:
             raise asyncio.CancelledError() from None
 
@@ -156,6 +157,7 @@ class LlamaEngine:
         messages: Sequence[ChatMessage],
         tools: Sequence[ToolSpec],
         tool_required: bool,
+        prefill: str | None,
         cancelled: threading.Event,
     ) -> list[int]:
         if self._chat.tool_format.native:
@@ -164,6 +166,8 @@ class LlamaEngine:
             self._refuse_control_text(tools, messages)
         # What users wrote stays text, even where it spells a control token.
         fragments = self._chat.fragments(messages, tools, tool_required=tool_required)
+        if prefill:
+            fragments.append(Fragment(prefill, trusted=False))
         return self._tokenizer.encode(fragments, cancelled=cancelled)
 
     def _refuse_control_text(

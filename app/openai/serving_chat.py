@@ -57,7 +57,9 @@ _RESPONSE_SCHEMA = "response_format.json_schema.schema"
 class ChatServing(OpenAIServing):
     """Replies to the conversation ``n`` times."""
 
-    async def _job(self, request: ChatCompletionRequest, caller: Caller) -> tuple[Job, ToolPlan]:
+    async def _job(
+        self, request: ChatCompletionRequest, caller: Caller, prefill: str | None = None
+    ) -> tuple[Job, ToolPlan]:
         request.check_supported()
         plan = tool_plan(request)
         messages = chat_messages(request.messages)
@@ -75,23 +77,33 @@ class ChatServing(OpenAIServing):
             if plan.tools and not plan.calling:
                 params = await _no_native_calls(engine, params)
             tools = plan.tools if plan.calling else ()
-            tokens = await engine.tokenize_chat(messages, tools, tool_required=plan.forced)
+            tokens = await engine.tokenize_chat(
+                messages, tools, tool_required=plan.forced, prefill=prefill
+            )
             return [tokens], params
 
         return await self._new_job(caller, request.model, request.n or 1, prepare), plan
 
     async def turn(
-        self, request: ChatCompletionRequest, caller: Caller, *, wait: bool = True
+        self,
+        request: ChatCompletionRequest,
+        caller: Caller,
+        *,
+        wait: bool = True,
+        prefill: str | None = None,
     ) -> Turn:
         """One reply (``n`` is 1) as protocol-neutral parts: what the Responses and Messages
         APIs are built on. Checked, tokenized and holding the caller's slot; with ``wait``,
-        also started, so that what fails before the first token is an ordinary HTTP error."""
-        job, plan = await self._job(request, caller)
+        also started, so that what fails before the first token is an ordinary HTTP error.
+        ``prefill``: the start of the reply, which the model continues (not in the parts)."""
+        job, plan = await self._job(request, caller, prefill)
         if wait:
             return Turn(job, plan, await started(job), live=True)
         return Turn(job, plan, job.start(), live=False)
 
-    async def count_prompt(self, request: ChatCompletionRequest, caller: Caller) -> int:
+    async def count_prompt(
+        self, request: ChatCompletionRequest, caller: Caller, prefill: str | None = None
+    ) -> int:
         """How many tokens the request's prompt is, as the model's template renders it."""
         request.check_supported()
         plan = tool_plan(request)
@@ -99,7 +111,9 @@ class ChatServing(OpenAIServing):
         lease = await self._host.acquire(request.model)
         try:
             tools = plan.tools if plan.calling else ()
-            tokens = await lease.engine.tokenize_chat(messages, tools, tool_required=plan.forced)
+            tokens = await lease.engine.tokenize_chat(
+                messages, tools, tool_required=plan.forced, prefill=prefill
+            )
         finally:
             lease.release()
         return len(tokens)

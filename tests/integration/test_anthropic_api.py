@@ -185,3 +185,18 @@ def test_output_config_format_gives_json_of_the_schema(claude: anthropic.Anthrop
     )
     assert message.stop_reason == "end_turn"
     jsonschema.validate(json.loads(message.content[0].text), schema)
+
+
+def test_a_prefilled_reply_is_continued(claude: anthropic.Anthropic) -> None:
+    message = claude.messages.create(
+        model=MODEL_ID,
+        max_tokens=8,
+        messages=[
+            {"role": "user", "content": "What is the capital of France?"},
+            {"role": "assistant", "content": "The capital of France is"},
+        ],
+        extra_body={"temperature": 0},
+    )
+    text = message.content[0].text
+    assert text
+    assert not text.startswith("The capital")  # only what follows the prefill

@@ -41,6 +41,7 @@ class FakeEngine:
         self.owners: list[object] = []
         self.chats: list[list[ChatMessage]] = []
         self.tools: list[list[ToolSpec]] = []
+        self.prefills: list[str | None] = []
         self.closed = False
 
     @property
@@ -67,10 +68,13 @@ class FakeEngine:
         tools: Sequence[ToolSpec] = (),
         *,
         tool_required: bool = False,
+        prefill: str | None = None,
     ) -> list[int]:
         self.chats.append(list(messages))
         self.tools.append(list(tools))
-        return await self.tokenize(" ".join(f"{m.role}: {m.content}" for m in messages))
+        self.prefills.append(prefill)
+        text = " ".join(f"{m.role}: {m.content}" for m in messages)
+        return await self.tokenize(f"{text} {prefill or ''}")
 
     async def generate(
         self, prompt_tokens: Sequence[int], params: SamplingParams, *, owner: object = None

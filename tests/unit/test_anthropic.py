@@ -197,3 +197,25 @@ async def test_a_quiet_stream_gets_pings() -> None:
     assert seen[0] == "a"
     assert seen[-1] == "b"
     assert None in seen
+
+
+async def test_a_final_assistant_turn_is_continued(
+    client: AsyncTestClient[Any], engine: FakeEngine
+) -> None:
+    messages = [
+        {"role": "user", "content": "Name a colour."},
+        {"role": "assistant", "content": [{"type": "text", "text": "The colour is"}]},
+    ]
+    response = await client.post("/v1/messages", json=body(messages=messages))
+    assert response.status_code == 200, response.text
+    assert engine.prefills[-1] == "The colour is"
+    assert [m.role for m in engine.chats[-1]] == ["user"]
+    counted = await client.post(
+        "/v1/messages/count_tokens", json=body(messages=messages, max_tokens=None)
+    )
+    assert engine.prefills[-1] == "The colour is"
+    assert counted.json()["input_tokens"] > 0
+    messages[-1] = {"role": "assistant", "content": "The colour is "}
+    trailing = await client.post("/v1/messages", json=body(messages=messages))
+    assert trailing.status_code == 400
+    assert "trailing whitespace" in trailing.json()["error"]["message"]
