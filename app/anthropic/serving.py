@@ -70,14 +70,8 @@ from app.openai.protocol_tools import (
     ToolChoice,
 )
 from app.openai.serving_base import Closing
-from app.openai.serving_chat import (
-    ChatServing,
-    ReplyArguments,
-    ReplyCall,
-    ReplyEnd,
-    ReplyPart,
-    ReplyText,
-)
+from app.openai.serving_chat import ChatServing
+from app.openai.turn import ReplyArguments, ReplyCall, ReplyEnd, ReplyPart, ReplyText
 from app.system.access import note_error
 
 logger = logging.getLogger(__name__)

@@ -31,9 +31,7 @@ from llama_cpp import _internals as internals
 
 from app.errors import EngineStopping, InvalidRequest, ModelUnavailable
 from app.inference.engine import EngineConfig, EngineStats
-from app.inference.llama_load import cpu_count
-from app.inference.llama_log import route_llama_log
-from app.inference.model_files import check_gguf
+from app.inference.llama_load import cpu_count, open_model
 
 logger = logging.getLogger(__name__)
 
@@ -259,18 +257,7 @@ def load_embedding_model(
 ) -> tuple[internals.LlamaModel, internals.LlamaContext]:
     """The model at ``path`` and a context that pools: every input in one micro-batch, no
     longer than the model was trained for, a number of sequences that divides the batch."""
-    check_gguf(path)
-    llama_cpp.llama_backend_init()
-    route_llama_log()
-    try:
-        model = internals.LlamaModel(
-            path_model=str(path), params=llama_cpp.llama_model_default_params(), verbose=False
-        )
-    except ValueError:
-        raise ModelUnavailable(
-            f"llama.cpp could not load the model file {path}; it may be truncated or of an "
-            "unsupported architecture."
-        ) from None
+    model = open_model(path)
     trained = llama_cpp.llama_model_n_ctx_train(model.model)
     size = min(trained if trained > 0 else 512, MAX_CONTEXT, max(config.context_size, 512))
     sequences = MAX_SEQUENCES
@@ -305,14 +292,9 @@ def load_embedding_model(
 def is_embedding_model(path: Path) -> bool:
     """Whether the GGUF at ``path`` is an embedding model, from its metadata alone (the
     vocabulary is loaded, not the weights)."""
-    check_gguf(path)
-    llama_cpp.llama_backend_init()
-    route_llama_log()
-    params = llama_cpp.llama_model_default_params()
-    params.vocab_only = True
     try:
-        model = internals.LlamaModel(path_model=str(path), params=params, verbose=False)
-    except ValueError:
+        model = open_model(path, vocab_only=True)
+    except ModelUnavailable:
         return False  # the full load says what is wrong with it
     try:
         return pools(model)

@@ -22,23 +22,29 @@ def cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def load_model(
-    path: Path, config: EngineConfig
-) -> tuple[internals.LlamaModel, internals.LlamaContext]:
-    """The model at ``path`` and a context of ``config.parallel`` sequences; raises
-    ``ModelUnavailable`` with a sentence naming the file when llama.cpp cannot load it."""
+def open_model(path: Path, *, vocab_only: bool = False) -> internals.LlamaModel:
+    """The GGUF at ``path`` in llama.cpp (``vocab_only``: its metadata and vocabulary, not its
+    weights); raises ``ModelUnavailable`` with a sentence naming the file if it cannot be."""
     check_gguf(path)
     llama_cpp.llama_backend_init()
     route_llama_log()
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = vocab_only
     try:
-        model = internals.LlamaModel(
-            path_model=str(path), params=llama_cpp.llama_model_default_params(), verbose=False
-        )
+        return internals.LlamaModel(path_model=str(path), params=params, verbose=False)
     except ValueError:
         raise ModelUnavailable(
             f"llama.cpp could not load the model file {path}; it may be truncated or of an "
             "unsupported architecture."
         ) from None
+
+
+def load_model(
+    path: Path, config: EngineConfig
+) -> tuple[internals.LlamaModel, internals.LlamaContext]:
+    """The model at ``path`` and a context of ``config.parallel`` sequences; raises
+    ``ModelUnavailable`` with a sentence naming the file when llama.cpp cannot load it."""
+    model = open_model(path)
     threads = config.threads or cpu_count()
     params = llama_cpp.llama_context_default_params()
     # Each sequence gets a whole context window of its own (see the scheduler).

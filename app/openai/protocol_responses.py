@@ -8,6 +8,7 @@ Input items are read one by one (``input_items``), so that a bad one is a 400 na
 
 from __future__ import annotations
 
+import secrets
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -18,6 +19,12 @@ from app.openai.protocol import MAX_MESSAGES, MAX_TOKENS, Seed, Temperature, Top
 from app.openai.protocol_chat import MAX_TOOLS
 from app.openai.protocol_tools import FunctionName
 from app.validation import describe
+
+
+def item_id(prefix: str) -> str:
+    """An id of a response or an item: ``resp_…``, ``msg_…``, ``fc_…``."""
+    return f"{prefix}_{secrets.token_hex(24)}"
+
 
 ResponseStatus = Literal["completed", "failed", "in_progress", "cancelled", "queued", "incomplete"]
 

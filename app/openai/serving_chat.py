@@ -4,9 +4,7 @@ with structured outputs and tool calls held to their schemas by a grammar."""
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
@@ -40,7 +38,6 @@ from app.openai.protocol_tools import (
     ToolCallView,
 )
 from app.openai.serving_base import (
-    Events,
     Job,
     OpenAIServing,
     collect,
@@ -50,6 +47,7 @@ from app.openai.serving_base import (
     usage_of,
 )
 from app.openai.tools import ToolPlan, chat_messages, tool_plan
+from app.openai.turn import Turn
 
 _RESPONSE_SCHEMA = "response_format.json_schema.schema"
 
@@ -97,9 +95,10 @@ class ChatServing(OpenAIServing):
         also started, so that what fails before the first token is an ordinary HTTP error.
         ``prefill``: the start of the reply, which the model continues (not in the parts)."""
         job, plan = await self._job(request, caller, prefill)
+        deltas = _ChoiceStream(job, plan, logprobs=False)
         if wait:
-            return Turn(job, plan, await started(job), live=True)
-        return Turn(job, plan, job.start(), live=False)
+            return Turn(job, deltas, await started(job), live=True)
+        return Turn(job, deltas, job.start(), live=False)
 
     async def count_prompt(
         self, request: ChatCompletionRequest, caller: Caller, prefill: str | None = None
@@ -173,136 +172,6 @@ class ChatServing(OpenAIServing):
         return stream(
             job, events, on_event, lambda usage: chunk([], usage), request.include_usage, roles
         )
-
-
-@dataclass(frozen=True)
-class ReplyText:
-    """Text of the reply."""
-
-    text: str
-
-
-@dataclass(frozen=True)
-class ReplyCall:
-    """A call begins: its id and function (its arguments follow)."""
-
-    index: int
-    id: str
-    name: str
-
-
-@dataclass(frozen=True)
-class ReplyArguments:
-    """A piece of a call's arguments (compact JSON)."""
-
-    index: int
-    arguments: str
-
-
-@dataclass(frozen=True)
-class ReplyEnd:
-    """The reply is over."""
-
-    reason: ChatFinishReason
-    finished: Finished
-
-
-ReplyPart = ReplyText | ReplyCall | ReplyArguments | ReplyEnd
-
-
-@dataclass
-class Reply:
-    """A whole reply, gathered from its parts."""
-
-    text: str = ""
-    calls: list[tuple[str, str, str]] = field(default_factory=list)
-    """(id, name, arguments) of each whole call."""
-    end: ReplyEnd | None = None
-
-
-class Turn:
-    """A started reply; its parts come as they are generated. The job's slot, usage and
-    metrics are handled as for a chat completion; closing the parts early cancels it."""
-
-    def __init__(self, job: Job, plan: ToolPlan, events: Events, *, live: bool) -> None:
-        self.job = job
-        self._plan = plan
-        self._events = events
-        self._live = live  # whether the events have begun (closing them then stops the job)
-
-    @property
-    def prompt_tokens(self) -> int:
-        return self.job.prompt_tokens
-
-    async def parts(self) -> AsyncGenerator[ReplyPart]:
-        """The reply's parts, ``ReplyEnd`` last."""
-        self._live = True
-        choice = _ChoiceStream(self.job, self._plan, logprobs=False)
-        try:
-            async for _, event in self._events:
-                if isinstance(event, Finished):
-                    deltas = choice.finish(event)
-                else:
-                    deltas = choice.feed(event.text)
-                for item in deltas:
-                    for part in _parts(item["delta"], item.get("finish_reason"), event):
-                        yield part
-        finally:
-            await self._events.aclose()
-
-    async def close(self) -> None:
-        """Ends the turn: its generation stops, and what it holds (the caller's slot, the
-        model's lease) is given back even if its parts were never read."""
-        if self._live:
-            await self._events.aclose()
-        else:  # never begun: the generator's own cleanup would never run
-            self._live = True
-            await self.job.held.aclose()
-
-    async def reply(self) -> Reply:
-        """The whole reply. A call cut by ``max_tokens`` is left out."""
-        reply = Reply()
-        text: list[str] = []
-        calls: dict[int, tuple[str, str, list[str]]] = {}
-        async for part in self.parts():
-            if isinstance(part, ReplyText):
-                text.append(part.text)
-            elif isinstance(part, ReplyCall):
-                calls[part.index] = (part.id, part.name, [])
-            elif isinstance(part, ReplyArguments):
-                calls[part.index][2].append(part.arguments)
-            else:
-                reply.end = part
-        reply.text = "".join(text)
-        for call_id, name, pieces in calls.values():
-            arguments = "".join(pieces)
-            if whole_arguments(arguments):
-                reply.calls.append((call_id, name, arguments))
-        if reply.calls:
-            reply.text = reply.text.strip()
-        return reply
-
-
-def _parts(delta: Delta, reason: ChatFinishReason | None, event: object) -> list[ReplyPart]:
-    parts: list[ReplyPart] = []
-    if isinstance(delta.content, str) and delta.content:
-        parts.append(ReplyText(delta.content))
-    for call in delta.tool_calls or ():
-        if isinstance(call.id, str) and isinstance(call.function.name, str):
-            parts.append(ReplyCall(call.index, call.id, call.function.name))
-        elif isinstance(call.function.arguments, str) and call.function.arguments:
-            parts.append(ReplyArguments(call.index, call.function.arguments))
-    if reason is not None and isinstance(event, Finished):
-        parts.append(ReplyEnd(reason, event))
-    return parts
-
-
-def whole_arguments(arguments: str) -> bool:
-    """Whether a call's arguments are a whole JSON object (not cut short by max_tokens)."""
-    try:
-        return isinstance(json.loads(arguments), dict)
-    except ValueError:
-        return False
 
 
 async def _no_native_calls(engine: Engine, params: SamplingParams) -> SamplingParams:

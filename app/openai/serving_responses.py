@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
@@ -24,67 +23,33 @@ import msgspec
 
 from app.accounts.limits import Caller
 from app.errors import InvalidRequest, NotFound, ServiceError
-from app.inference.engine import Finished
 from app.openai.protocol_chat import (
     ChatCompletionRequest,
-    JsonObjectFormat,
-    JsonSchemaFormat,
-    JsonSchemaSpec,
     Message,
-    ResponseFormat,
 )
 from app.openai.protocol_responses import (
     Deleted,
-    FunctionCallItem,
-    FunctionCallOutputItem,
-    FunctionChoice,
     IncompleteDetails,
     InputItem,
     InputItemList,
-    InputText,
-    MessageItem,
-    OutputFunctionCall,
-    OutputItem,
-    OutputMessage,
-    OutputText,
-    ReasoningItem,
     ResponseError,
     ResponseObject,
     ResponseRequest,
     ResponseUsage,
-    TextFormatJsonObject,
-    TextFormatJsonSchema,
     input_items,
-)
-from app.openai.protocol_tools import (
-    FunctionCall,
-    FunctionDefinition,
-    FunctionTool,
-    NamedFunction,
-    NamedToolChoice,
-    ToolCallView,
-    ToolChoice,
+    item_id,
 )
 from app.openai.response_store import ResponseStore, StoredResponse
+from app.openai.responses_input import chat_messages_of, chat_request, with_ids
+from app.openai.responses_output import EventWriter, Output, OutputBuilder, reply_output
 from app.openai.serving_base import Closing
-from app.openai.serving_chat import (
-    ChatServing,
-    ReplyArguments,
-    ReplyCall,
-    ReplyEnd,
-    ReplyText,
-    Turn,
-    whole_arguments,
-)
+from app.openai.serving_chat import ChatServing
+from app.openai.turn import Turn
 from app.system.access import note_error
 
 logger = logging.getLogger(__name__)
 
 _conversation = msgspec.json.Decoder(list[Message])
-
-
-def _id(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_hex(24)}"
 
 
 class ResponsesServing:
@@ -123,7 +88,7 @@ class ResponsesServing:
             await asyncio.shield(saved)  # stored before it is answered: a GET finds it
             return answer
         turn = await self._chat.turn(pending.chat, caller)
-        await self._finish(pending, await _reply(turn), turn, caller)
+        await self._finish(pending, await reply_output(turn), turn, caller)
         return pending.body
 
     async def stream(self, request: ResponseRequest, caller: Caller) -> AsyncIterator[bytes]:
@@ -159,14 +124,14 @@ class ResponsesServing:
                     param="previous_response_id",
                 )
             earlier = _conversation.decode(stored.conversation)
-        items = _with_ids(input_items(request.input))
-        conversation = [*earlier, *_messages(items)]
+        items = with_ids(input_items(request.input))
+        conversation = [*earlier, *chat_messages_of(items)]
         system = [Message(role="system", content=request.instructions)]
-        chat = _chat_request(
+        chat = chat_request(
             request, [*system, *conversation] if request.instructions else conversation
         )
         body = ResponseObject(
-            id=_id("resp"),
+            id=item_id("resp"),
             created_at=int(time.time()),
             status="in_progress",
             background=request.background,
@@ -190,7 +155,7 @@ class ResponsesServing:
 
     # --- finishing -----------------------------------------------------------------------------
 
-    async def _finish(self, pending: _Pending, reply: _Output, turn: Turn, caller: Caller) -> None:
+    async def _finish(self, pending: _Pending, reply: Output, turn: Turn, caller: Caller) -> None:
         body = pending.body
         body.model = turn.job.model
         body.output = reply.items
@@ -232,7 +197,7 @@ class ResponsesServing:
             saved.set_result(None)
             pending.body.status = "in_progress"
             await self._save(pending, caller)
-            await self._finish(pending, await _reply(turn), turn, caller)
+            await self._finish(pending, await reply_output(turn), turn, caller)
         except asyncio.CancelledError:
             if pending.body.status not in ("completed", "incomplete"):  # else it is stored
                 pending.body.status = "cancelled"
@@ -253,11 +218,11 @@ class ResponsesServing:
             await turn.close()
 
     async def _events(self, pending: _Pending, turn: Turn, caller: Caller) -> AsyncGenerator[bytes]:
-        events = _EventWriter()
+        events = EventWriter()
         body = pending.body
         yield events("response.created", response=body)
         yield events("response.in_progress", response=body)
-        output = _OutputBuilder()
+        output = OutputBuilder()
         parts = turn.parts()
         try:
             async for part in parts:
@@ -366,300 +331,3 @@ class _Pending:
         self.chat = chat
         self.items = items
         self.conversation = conversation
-
-
-# --- requests ----------------------------------------------------------------------------------
-
-
-def _with_ids(items: list[InputItem]) -> list[InputItem]:
-    """The items, each with an id (as OpenAI lists them)."""
-    prefixes = {MessageItem: "msg", FunctionCallItem: "fc", FunctionCallOutputItem: "fco"}
-    result: list[InputItem] = []
-    for item in items:
-        if isinstance(item, ReasoningItem):
-            continue
-        if not isinstance(item.id, str):
-            item = msgspec.structs.replace(item, id=_id(prefixes[type(item)]))
-        if isinstance(item, MessageItem) and isinstance(item.content, str):
-            part = (
-                OutputText(text=item.content)
-                if item.role == "assistant"
-                else InputText(text=item.content)
-            )
-            item = msgspec.structs.replace(item, content=[part])
-        result.append(item)
-    return result
-
-
-def _messages(items: list[InputItem]) -> list[Message]:
-    """The items as chat messages: consecutive calls join one assistant turn."""
-    messages: list[Message] = []
-    for index, item in enumerate(items):
-        if isinstance(item, MessageItem):
-            try:
-                text = item.text()
-            except ValueError as exc:
-                raise InvalidRequest(
-                    f"Invalid input item: {exc}.", param=f"input[{index}]"
-                ) from None
-            messages.append(Message(role=item.role, content=text))
-        elif isinstance(item, FunctionCallItem):
-            call = ToolCallView(
-                id=item.call_id, function=FunctionCall(name=item.name, arguments=item.arguments)
-            )
-            last = messages[-1] if messages else None
-            if last is not None and last.role == "assistant" and last.tool_calls is not None:
-                last.tool_calls.append(call)
-            elif last is not None and last.role == "assistant" and last.tool_calls is None:
-                last.tool_calls = [call]
-            else:
-                messages.append(Message(role="assistant", content=None, tool_calls=[call]))
-        elif isinstance(item, FunctionCallOutputItem):
-            messages.append(Message(role="tool", tool_call_id=item.call_id, content=item.text()))
-    return messages
-
-
-def _chat_request(request: ResponseRequest, messages: list[Message]) -> ChatCompletionRequest:
-    tools = []
-    for index, tool in enumerate(request.tools or ()):
-        if tool.type != "function":
-            raise InvalidRequest(
-                f"Tools of type {tool.type!r} are not supported; only 'function'.",
-                param=f"tools[{index}].type",
-            )
-        if tool.name is None:
-            raise InvalidRequest("A function tool needs a name.", param=f"tools[{index}].name")
-        definition = FunctionDefinition(
-            name=tool.name,
-            description=tool.description,
-            parameters=tool.parameters,
-            strict=tool.strict,
-        )
-        tools.append(FunctionTool(type="function", function=definition))
-    choice: ToolChoice | None
-    if isinstance(request.tool_choice, FunctionChoice):
-        choice = NamedToolChoice(
-            type="function", function=NamedFunction(name=request.tool_choice.name)
-        )
-    else:
-        choice = request.tool_choice
-    response_format: ResponseFormat | None = None
-    text_format = request.text.format if request.text else None
-    if isinstance(text_format, TextFormatJsonObject):
-        response_format = JsonObjectFormat()
-    elif isinstance(text_format, TextFormatJsonSchema):
-        spec = JsonSchemaSpec(
-            name=text_format.name,
-            schema=text_format.schema,
-            strict=text_format.strict,
-            description=text_format.description,
-        )
-        response_format = JsonSchemaFormat(json_schema=spec)
-    if not messages:
-        raise InvalidRequest("The input is empty.", param="input")
-    return ChatCompletionRequest(
-        model=request.model,
-        messages=messages,
-        tools=tools or None,
-        tool_choice=choice,
-        parallel_tool_calls=request.parallel_tool_calls,
-        response_format=response_format,
-        max_tokens=request.max_output_tokens,
-        temperature=request.temperature,
-        top_p=request.top_p,
-        seed=request.seed,
-        stream=request.stream,
-    )
-
-
-# --- output ------------------------------------------------------------------------------------
-
-
-class _Output:
-    """A finished reply as output items, and as the assistant turn a follow-up continues."""
-
-    def __init__(
-        self, items: list[OutputItem], message: Message, finished: Finished, cut: bool
-    ) -> None:
-        self.items = items
-        self.message = message
-        self.finished = finished
-        self.cut = cut
-
-
-async def _reply(turn: Turn) -> _Output:
-    reply = await turn.reply()
-    assert reply.end is not None
-    items: list[OutputItem] = []
-    if reply.text:
-        items.append(
-            OutputMessage(id=_id("msg"), status="completed", content=[OutputText(text=reply.text)])
-        )
-    calls = []
-    for call_id, name, arguments in reply.calls:
-        items.append(
-            OutputFunctionCall(
-                id=_id("fc"), call_id=call_id, name=name, arguments=arguments, status="completed"
-            )
-        )
-        calls.append(
-            ToolCallView(id=call_id, function=FunctionCall(name=name, arguments=arguments))
-        )
-    message = Message(role="assistant", content=reply.text or None, tool_calls=calls or None)
-    cut = reply.end.reason == "length"
-    return _Output(items, message, reply.end.finished, cut)
-
-
-class _OutputBuilder:
-    """Output items built from a reply's parts as they come, with the events that say so."""
-
-    def __init__(self) -> None:
-        self.items: list[OutputItem] = []
-        self._open: OutputMessage | OutputFunctionCall | None = None
-        self._text: list[str] = []  # every text of the reply
-        self._pieces: list[str] = []  # the open item's text or arguments, joined when it closes
-        self._calls: list[ToolCallView] = []
-        self._end: ReplyEnd | None = None
-
-    def feed(self, part: object) -> list[tuple[str, dict[str, Any]]]:
-        events: list[tuple[str, dict[str, Any]]] = []
-        index = len(self.items) - 1
-        if isinstance(part, ReplyText):
-            if not isinstance(self._open, OutputMessage):
-                events += self.close()
-                item = OutputMessage(id=_id("msg"), status="in_progress", content=[])
-                self._open = item
-                self.items.append(item)
-                index = len(self.items) - 1
-                events.append(
-                    ("response.output_item.added", {"output_index": index, "item": _now(item)})
-                )
-                events.append(
-                    (
-                        "response.content_part.added",
-                        {
-                            "item_id": item.id,
-                            "output_index": index,
-                            "content_index": 0,
-                            "part": OutputText(text=""),
-                        },
-                    )
-                )
-                item.content.append(OutputText(text=""))
-            self._pieces.append(part.text)
-            self._text.append(part.text)
-            events.append(
-                (
-                    "response.output_text.delta",
-                    {
-                        "item_id": self._open.id,
-                        "output_index": index,
-                        "content_index": 0,
-                        "delta": part.text,
-                        "logprobs": [],
-                    },
-                )
-            )
-        elif isinstance(part, ReplyCall):
-            events += self.close()
-            call = OutputFunctionCall(
-                id=_id("fc"), call_id=part.id, name=part.name, arguments="", status="in_progress"
-            )
-            self._open = call
-            self.items.append(call)
-            events.append(
-                (
-                    "response.output_item.added",
-                    {"output_index": len(self.items) - 1, "item": _now(call)},
-                )
-            )
-        elif isinstance(part, ReplyArguments) and isinstance(self._open, OutputFunctionCall):
-            self._pieces.append(part.arguments)
-            events.append(
-                (
-                    "response.function_call_arguments.delta",
-                    {"item_id": self._open.id, "output_index": index, "delta": part.arguments},
-                )
-            )
-        elif isinstance(part, ReplyEnd):
-            self._end = part
-        return events
-
-    def close(self) -> list[tuple[str, dict[str, Any]]]:
-        """The events that finish the open item."""
-        item, self._open = self._open, None
-        if item is None:
-            return []
-        joined, self._pieces = "".join(self._pieces), []
-        index = len(self.items) - 1
-        cut = self._end is not None and self._end.reason == "length"
-        item.status = "incomplete" if cut else "completed"
-        if isinstance(item, OutputMessage):
-            part = item.content[0]
-            part.text = joined
-            return [
-                (
-                    "response.output_text.done",
-                    {
-                        "item_id": item.id,
-                        "output_index": index,
-                        "content_index": 0,
-                        "text": part.text,
-                        "logprobs": [],
-                    },
-                ),
-                (
-                    "response.content_part.done",
-                    {
-                        "item_id": item.id,
-                        "output_index": index,
-                        "content_index": 0,
-                        "part": _now(part),
-                    },
-                ),
-                ("response.output_item.done", {"output_index": index, "item": _now(item)}),
-            ]
-        item.arguments = joined
-        if not cut and whole_arguments(joined):  # a call cut short is not part of the conversation
-            self._calls.append(
-                ToolCallView(
-                    id=item.call_id, function=FunctionCall(name=item.name, arguments=item.arguments)
-                )
-            )
-        return [
-            (
-                "response.function_call_arguments.done",
-                {
-                    "item_id": item.id,
-                    "output_index": index,
-                    "name": item.name,
-                    "arguments": item.arguments,
-                },
-            ),
-            ("response.output_item.done", {"output_index": index, "item": _now(item)}),
-        ]
-
-    def result(self) -> _Output:
-        assert self._end is not None
-        text = "".join(self._text)
-        text = text.strip() if self._calls else text
-        message = Message(role="assistant", content=text or None, tool_calls=self._calls or None)
-        cut = self._end.reason == "length"
-        return _Output(self.items, message, self._end.finished, cut)
-
-
-def _now(item: msgspec.Struct) -> Any:
-    """The item as it is now (events are written after the item has changed further)."""
-    return msgspec.to_builtins(item)
-
-
-class _EventWriter:
-    """Server-sent events named by their type, numbered in order."""
-
-    def __init__(self) -> None:
-        self._sequence = 0
-
-    def __call__(self, kind: str, /, **fields: Any) -> bytes:
-        payload = {"type": kind, "sequence_number": self._sequence, **fields}
-        self._sequence += 1
-        return b"event: " + kind.encode() + b"\ndata: " + msgspec.json.encode(payload) + b"\n\n"

@@ -1,0 +1,225 @@
+"""A Responses reply's output: the items of a finished reply, and, while it streams, the items
+built part by part with the events that say so (``event:`` lines numbered in order)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from app.inference.engine import Finished
+from app.openai.protocol_chat import (
+    Message,
+)
+from app.openai.protocol_responses import (
+    OutputFunctionCall,
+    OutputItem,
+    OutputMessage,
+    OutputText,
+    item_id,
+)
+from app.openai.protocol_tools import (
+    FunctionCall,
+    ToolCallView,
+)
+from app.openai.turn import ReplyArguments, ReplyCall, ReplyEnd, ReplyText, Turn, whole_arguments
+
+
+class Output:
+    """A finished reply as output items, and as the assistant turn a follow-up continues."""
+
+    def __init__(
+        self, items: list[OutputItem], message: Message, finished: Finished, cut: bool
+    ) -> None:
+        self.items = items
+        self.message = message
+        self.finished = finished
+        self.cut = cut
+
+
+async def reply_output(turn: Turn) -> Output:
+    reply = await turn.reply()
+    assert reply.end is not None
+    items: list[OutputItem] = []
+    if reply.text:
+        items.append(
+            OutputMessage(
+                id=item_id("msg"), status="completed", content=[OutputText(text=reply.text)]
+            )
+        )
+    calls = []
+    for call_id, name, arguments in reply.calls:
+        items.append(
+            OutputFunctionCall(
+                id=item_id("fc"),
+                call_id=call_id,
+                name=name,
+                arguments=arguments,
+                status="completed",
+            )
+        )
+        calls.append(
+            ToolCallView(id=call_id, function=FunctionCall(name=name, arguments=arguments))
+        )
+    message = Message(role="assistant", content=reply.text or None, tool_calls=calls or None)
+    cut = reply.end.reason == "length"
+    return Output(items, message, reply.end.finished, cut)
+
+
+class OutputBuilder:
+    """Output items built from a reply's parts as they come, with the events that say so."""
+
+    def __init__(self) -> None:
+        self.items: list[OutputItem] = []
+        self._open: OutputMessage | OutputFunctionCall | None = None
+        self._text: list[str] = []  # every text of the reply
+        self._pieces: list[str] = []  # the open item's text or arguments, joined when it closes
+        self._calls: list[ToolCallView] = []
+        self._end: ReplyEnd | None = None
+
+    def feed(self, part: object) -> list[tuple[str, dict[str, Any]]]:
+        events: list[tuple[str, dict[str, Any]]] = []
+        index = len(self.items) - 1
+        if isinstance(part, ReplyText):
+            if not isinstance(self._open, OutputMessage):
+                events += self.close()
+                item = OutputMessage(id=item_id("msg"), status="in_progress", content=[])
+                self._open = item
+                self.items.append(item)
+                index = len(self.items) - 1
+                events.append(
+                    ("response.output_item.added", {"output_index": index, "item": _now(item)})
+                )
+                events.append(
+                    (
+                        "response.content_part.added",
+                        {
+                            "item_id": item.id,
+                            "output_index": index,
+                            "content_index": 0,
+                            "part": OutputText(text=""),
+                        },
+                    )
+                )
+                item.content.append(OutputText(text=""))
+            self._pieces.append(part.text)
+            self._text.append(part.text)
+            events.append(
+                (
+                    "response.output_text.delta",
+                    {
+                        "item_id": self._open.id,
+                        "output_index": index,
+                        "content_index": 0,
+                        "delta": part.text,
+                        "logprobs": [],
+                    },
+                )
+            )
+        elif isinstance(part, ReplyCall):
+            events += self.close()
+            call = OutputFunctionCall(
+                id=item_id("fc"),
+                call_id=part.id,
+                name=part.name,
+                arguments="",
+                status="in_progress",
+            )
+            self._open = call
+            self.items.append(call)
+            events.append(
+                (
+                    "response.output_item.added",
+                    {"output_index": len(self.items) - 1, "item": _now(call)},
+                )
+            )
+        elif isinstance(part, ReplyArguments) and isinstance(self._open, OutputFunctionCall):
+            self._pieces.append(part.arguments)
+            events.append(
+                (
+                    "response.function_call_arguments.delta",
+                    {"item_id": self._open.id, "output_index": index, "delta": part.arguments},
+                )
+            )
+        elif isinstance(part, ReplyEnd):
+            self._end = part
+        return events
+
+    def close(self) -> list[tuple[str, dict[str, Any]]]:
+        """The events that finish the open item."""
+        item, self._open = self._open, None
+        if item is None:
+            return []
+        joined, self._pieces = "".join(self._pieces), []
+        index = len(self.items) - 1
+        cut = self._end is not None and self._end.reason == "length"
+        item.status = "incomplete" if cut else "completed"
+        if isinstance(item, OutputMessage):
+            part = item.content[0]
+            part.text = joined
+            return [
+                (
+                    "response.output_text.done",
+                    {
+                        "item_id": item.id,
+                        "output_index": index,
+                        "content_index": 0,
+                        "text": part.text,
+                        "logprobs": [],
+                    },
+                ),
+                (
+                    "response.content_part.done",
+                    {
+                        "item_id": item.id,
+                        "output_index": index,
+                        "content_index": 0,
+                        "part": _now(part),
+                    },
+                ),
+                ("response.output_item.done", {"output_index": index, "item": _now(item)}),
+            ]
+        item.arguments = joined
+        if not cut and whole_arguments(joined):  # a call cut short is not part of the conversation
+            self._calls.append(
+                ToolCallView(
+                    id=item.call_id, function=FunctionCall(name=item.name, arguments=item.arguments)
+                )
+            )
+        return [
+            (
+                "response.function_call_arguments.done",
+                {
+                    "item_id": item.id,
+                    "output_index": index,
+                    "name": item.name,
+                    "arguments": item.arguments,
+                },
+            ),
+            ("response.output_item.done", {"output_index": index, "item": _now(item)}),
+        ]
+
+    def result(self) -> Output:
+        assert self._end is not None
+        text = "".join(self._text)
+        text = text.strip() if self._calls else text
+        message = Message(role="assistant", content=text or None, tool_calls=self._calls or None)
+        cut = self._end.reason == "length"
+        return Output(self.items, message, self._end.finished, cut)
+
+
+def _now(item: msgspec.Struct) -> Any:
+    """The item as it is now (events are written after the item has changed further)."""
+    return msgspec.to_builtins(item)
+
+
+class EventWriter:
+    """Server-sent events named by their type, numbered in order."""
+
+    def __init__(self) -> None:
+        self._sequence = 0
+
+    def __call__(self, kind: str, /, **fields: Any) -> bytes:
+        payload = {"type": kind, "sequence_number": self._sequence, **fields}
+        self._sequence += 1
+        return b"event: " + kind.encode() + b"\ndata: " + msgspec.json.encode(payload) + b"\n\n"
