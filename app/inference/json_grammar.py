@@ -24,6 +24,28 @@ from typing import Any
 from urllib.parse import unquote
 
 from app.errors import InvalidRequest
+from app.inference.regex_subset import (
+    SPECIAL,
+    UNIVERSE,
+    Alt,
+    Anchor,
+    Chars,
+    Node,
+    PatternError,
+    Ranges,
+    RegexParser,
+    Repeat,
+    Seq,
+    codes,
+    complement,
+    contains,
+    has_anchor,
+    intersect,
+    nonempty,
+    norm,
+    nullable,
+    subtract,
+)
 from app.inference.schema_limits import LIMITS, SchemaTooCostly, check_schema_cost
 
 
@@ -35,10 +57,6 @@ class UnsupportedSchema(InvalidRequest):
 class _Unsatisfiable(UnsupportedSchema):
     """No value satisfies a subschema; an ``anyOf`` branch or an optional property like that is
     dropped instead of failing the whole schema."""
-
-
-class _PatternError(Exception):
-    """A regular expression outside the subset that becomes a grammar."""
 
 
 # Digits of an integer part or a fraction. Exponents get 2 digits: 1e999 is infinity to most
@@ -204,10 +222,6 @@ _UPPER_BOUNDS = frozenset(
 _INT_FORMATS = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
 
 # Code point sets are sorted tuples of inclusive (first, last) ranges.
-_Ranges = tuple[tuple[int, int], ...]
-_UNIVERSE: _Ranges = ((0, 0xD7FF), (0xE000, 0x10FFFF))  # no surrogates: UTF-8 has none
-_SPECIAL: _Ranges = ((0, 0x1F), (0x22, 0x22), (0x5C, 0x5C))  # written escaped in JSON strings
-_NON_ASCII: _Ranges = ((0x80, 0xD7FF), (0xE000, 0x10FFFF))
 _SHORT_ESCAPES = {
     '"': '\\"',
     "\\": "\\\\",
@@ -218,269 +232,6 @@ _SHORT_ESCAPES = {
     "\t": "\\t",
 }
 _Key = tuple[str, str]
-
-
-def _norm(ranges: Iterable[tuple[int, int]]) -> _Ranges:
-    merged: list[tuple[int, int]] = []
-    for first, last in sorted(ranges):
-        if merged and first <= merged[-1][1] + 1:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], last))
-        else:
-            merged.append((first, last))
-    return tuple(merged)
-
-
-def _intersect(a: _Ranges, b: _Ranges) -> _Ranges:
-    out: list[tuple[int, int]] = []
-    i = j = 0
-    while i < len(a) and j < len(b):
-        first, last = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
-        if first <= last:
-            out.append((first, last))
-        if a[i][1] < b[j][1]:
-            i += 1
-        else:
-            j += 1
-    return tuple(out)
-
-
-def _complement(ranges: _Ranges) -> _Ranges:
-    out: list[tuple[int, int]] = []
-    start = 0
-    for first, last in ranges:
-        if first > start:
-            out.append((start, first - 1))
-        start = last + 1
-    if start <= 0x10FFFF:
-        out.append((start, 0x10FFFF))
-    return _intersect(tuple(out), _UNIVERSE)
-
-
-def _subtract(a: _Ranges, b: _Ranges) -> _Ranges:
-    return _intersect(a, _complement(b))
-
-
-@dataclass(frozen=True)
-class _Chars:
-    """A character class of a pattern: ``lo`` holds only characters that both Python's ``re``
-    and ECMAScript match, ``hi`` every character that either may match (``\\w`` differs beyond
-    ASCII); the grammar writes ``lo``, and a negated class is built from ``hi``."""
-
-    lo: _Ranges
-    hi: _Ranges
-
-
-@dataclass(frozen=True)
-class _Seq:
-    items: tuple[_Node, ...]
-
-
-@dataclass(frozen=True)
-class _Alt:
-    options: tuple[_Node, ...]
-
-
-@dataclass(frozen=True)
-class _Repeat:
-    node: _Node
-    low: int
-    high: int | None
-
-
-@dataclass(frozen=True)
-class _Anchor:
-    kind: str
-
-
-_Node = _Chars | _Seq | _Alt | _Repeat | _Anchor
-
-
-def _one(char: str) -> _Chars:
-    code = ord(char)
-    return _Chars(((code, code),), ((code, code),))
-
-
-# Within ASCII both read \d, \w and \s alike (but Python's \s also matches U+001C-U+001F);
-# beyond it they differ, so ``hi`` takes in all of it.
-_DIGIT = _Chars(((0x30, 0x39),), _norm([(0x30, 0x39), *_NON_ASCII]))
-_WORD_ASCII = _norm([(0x30, 0x39), (0x41, 0x5A), (0x5F, 0x5F), (0x61, 0x7A)])
-_WORD = _Chars(_WORD_ASCII, _norm([*_WORD_ASCII, *_NON_ASCII]))
-_SPACE = _Chars(((0x09, 0x0D), (0x20, 0x20)), _norm([(0x09, 0x0D), (0x1C, 0x20), *_NON_ASCII]))
-_SHORTHANDS = {
-    "d": _DIGIT,
-    "D": _Chars(_complement(_DIGIT.hi), _complement(_DIGIT.lo)),
-    "w": _WORD,
-    "W": _Chars(_complement(_WORD.hi), _complement(_WORD.lo)),
-    "s": _SPACE,
-    "S": _Chars(_complement(_SPACE.hi), _complement(_SPACE.lo)),
-}
-# ECMAScript's '.' also leaves out \r, U+2028 and U+2029.
-_DOT = _Chars(
-    _subtract(_UNIVERSE, ((0x0A, 0x0A), (0x0D, 0x0D), (0x2028, 0x2029))),
-    _subtract(_UNIVERSE, ((0x0A, 0x0A),)),
-)
-_SIMPLE_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "f": "\f", "v": "\v"}
-_QUANTIFIER = re.compile(r"\{(\d*)(?:(,)(\d*))?\}")
-
-
-class _RegexParser:
-    """Parses the subset of regular expressions that Python's ``re`` and ECMAScript read alike
-    and a grammar can express."""
-
-    def __init__(self, pattern: str) -> None:
-        self.text = pattern
-        self.pos = 0
-
-    def parse(self) -> _Node:
-        node = self._alternation()
-        if self.pos < len(self.text):
-            raise _PatternError(f"an unbalanced ')' at offset {self.pos}")
-        return node
-
-    def _peek(self) -> str:
-        return self.text[self.pos] if self.pos < len(self.text) else ""
-
-    def _alternation(self) -> _Node:
-        options = [self._sequence()]
-        while self._peek() == "|":
-            self.pos += 1
-            options.append(self._sequence())
-        return options[0] if len(options) == 1 else _Alt(tuple(options))
-
-    def _sequence(self) -> _Node:
-        items: list[_Node] = []
-        while self.pos < len(self.text) and self._peek() not in "|)":
-            items.append(self._quantified(self._atom()))
-        return _Seq(tuple(items))
-
-    def _atom(self) -> _Node:
-        start = self.pos
-        char = self.text[start]
-        self.pos += 1
-        if char == "(":
-            if self.text.startswith("?:", self.pos):
-                self.pos += 2
-            elif self.text.startswith("?P<", self.pos) and ">" in self.text[self.pos :]:
-                self.pos = self.text.index(">", self.pos) + 1
-            elif self._peek() == "?":
-                raise _PatternError(
-                    f"the group at offset {start} (lookarounds, flags and named back "
-                    "references are not supported)"
-                )
-            inner = self._alternation()
-            if self._peek() != ")":
-                raise _PatternError(f"the group at offset {start} is not closed")
-            self.pos += 1
-            return inner
-        if char == "[":
-            return self._class(start)
-        if char == ".":
-            return _DOT
-        if char in "^$":
-            return _Anchor(char)
-        if char == "\\":
-            return self._escape(in_class=False)
-        if char in "*+?" or (char == "{" and _QUANTIFIER.match(self.text, start)):
-            raise _PatternError(f"nothing to repeat at offset {start}")
-        return _one(char)
-
-    def _quantified(self, atom: _Node) -> _Node:
-        char = self._peek()
-        high: int | None
-        if char in ("*", "+", "?"):
-            self.pos += 1
-            low, high = {"*": (0, None), "+": (1, None), "?": (0, 1)}[char]
-        elif char == "{" and (match := _QUANTIFIER.match(self.text, self.pos)):
-            if not match.group(1):
-                raise _PatternError(f"the quantifier at offset {self.pos} has no minimum")
-            low = int(match.group(1))
-            high = low if not match.group(2) else int(match.group(3)) if match.group(3) else None
-            if high is not None and high < low:
-                raise _PatternError(f"the quantifier at offset {self.pos} is out of order")
-            self.pos = match.end()
-        else:
-            return atom
-        if isinstance(atom, _Anchor):
-            raise _PatternError("a quantifier on an anchor")
-        if self._peek() == "?":  # lazy: the same strings match
-            self.pos += 1
-        if self._peek() in ("*", "+", "?") or (
-            self._peek() == "{" and _QUANTIFIER.match(self.text, self.pos)
-        ):
-            raise _PatternError(f"a repeated quantifier at offset {self.pos}")
-        return _Repeat(atom, low, high)
-
-    def _escape(self, *, in_class: bool) -> _Chars:
-        if self.pos >= len(self.text):
-            raise _PatternError("a trailing backslash")
-        char = self.text[self.pos]
-        self.pos += 1
-        if char in _SHORTHANDS:
-            return _SHORTHANDS[char]
-        if char in _SIMPLE_ESCAPES:
-            return _one(_SIMPLE_ESCAPES[char])
-        if char == "b" and in_class:
-            return _one("\b")
-        if char == "0" and not self._peek().isdigit():
-            return _one("\0")
-        if char in ("x", "u"):
-            digits = self.text[self.pos : self.pos + (2 if char == "x" else 4)]
-            if len(digits) != (2 if char == "x" else 4) or not all(
-                d in "0123456789abcdefABCDEF" for d in digits
-            ):
-                raise _PatternError(f"a bad '\\{char}' escape at offset {self.pos - 2}")
-            self.pos += len(digits)
-            return _one(chr(int(digits, 16)))
-        if char.isascii() and char.isalnum():
-            raise _PatternError(
-                f"'\\{char}' at offset {self.pos - 2} (word boundaries, anchors other than ^ "
-                "and $, back references and properties are not supported)"
-            )
-        return _one(char)
-
-    def _class(self, start: int) -> _Chars:
-        negate = self._peek() == "^"
-        if negate:
-            self.pos += 1
-        if self._peek() == "]":
-            raise _PatternError(f"the class at offset {start} starts with ']'")
-        lo: list[tuple[int, int]] = []
-        hi: list[tuple[int, int]] = []
-        while self._peek() != "]":
-            if self.pos >= len(self.text):
-                raise _PatternError(f"the class at offset {start} is not closed")
-            item = self._class_item()
-            if self._peek() == "-" and self.text[self.pos + 1 : self.pos + 2] not in ("]", ""):
-                self.pos += 1
-                first, last = self._single(item), self._single(self._class_item())
-                if first > last:
-                    raise _PatternError(f"a range out of order before offset {self.pos}")
-                item = _Chars(((first, last),), ((first, last),))
-            lo.extend(item.lo)
-            hi.extend(item.hi)
-        self.pos += 1
-        lo_set, hi_set = _intersect(_norm(lo), _UNIVERSE), _norm(hi)
-        if negate:
-            return _Chars(_complement(hi_set), _complement(lo_set))
-        return _Chars(lo_set, hi_set)
-
-    def _class_item(self) -> _Chars:
-        char = self.text[self.pos]
-        self.pos += 1
-        if char == "\\":
-            return self._escape(in_class=True)
-        # Python reads these as literals but warns that they will become set operations.
-        if char == "[" and self._peek() in (":", ".", "="):
-            raise _PatternError("POSIX classes are not supported")
-        if char == "[" or (char in "&~|-" and self._peek() == char):
-            raise _PatternError(f"an unescaped '{char}' inside a class is ambiguous")
-        return _one(char)
-
-    @staticmethod
-    def _single(item: _Chars) -> int:
-        if len(item.lo) != 1 or item.lo[0][0] != item.lo[0][1]:
-            raise _PatternError("a range whose end is a class")
-        return item.lo[0][0]
 
 
 @dataclass(frozen=True)
@@ -662,7 +413,7 @@ class GrammarBuilder:
         self._by_body: dict[str, str] = {}
         self._suffixes: dict[str, int] = {}
         self._unenforced: set[str] = set()
-        self._patterns: dict[str, str | _PatternError] = {}
+        self._patterns: dict[str, str | PatternError] = {}
 
     def value(self, schema: Any, *, strict: bool, param: str, name: str = "value") -> str:
         """Adds the rules for a JSON value valid against ``schema``; returns the rule name to use
@@ -791,7 +542,7 @@ def _class_char(code: int) -> str:
     return char if char.isascii() and char.isalnum() else _hex_escape(code)
 
 
-def _class_items(ranges: _Ranges) -> str:
+def _class_items(ranges: Ranges) -> str:
     parts = []
     for first, last in ranges:
         if first == last:
@@ -803,12 +554,12 @@ def _class_items(ranges: _Ranges) -> str:
     return "".join(parts)
 
 
-def _class(ranges: _Ranges) -> str:
+def _class(ranges: Ranges) -> str:
     """A GBNF class of the raw (unescaped) characters ``ranges``, the shorter way round."""
     if len(ranges) == 1 and ranges[0][0] == ranges[0][1]:
         return GrammarBuilder.literal(chr(ranges[0][0]))
     positive = f"[{_class_items(ranges)}]"
-    negative = f"[^{_class_items(_complement(ranges))}]"
+    negative = f"[^{_class_items(complement(ranges))}]"
     return negative if len(negative) < len(positive) else positive
 
 
@@ -1125,7 +876,7 @@ class _Converter:
             else:
                 try:
                     content = self._pattern(pattern)
-                except _PatternError as exc:
+                except PatternError as exc:
                     self._cannot("pattern", "a string", at.path, str(exc))
         if content is not None:
             fits = (
@@ -1151,33 +902,33 @@ class _Converter:
         if cached is None:
             try:
                 cached = self._pattern_uncached(pattern)
-            except _PatternError as exc:
+            except PatternError as exc:
                 cached = exc
             self.builder._patterns[pattern] = cached
-        if isinstance(cached, _PatternError):
+        if isinstance(cached, PatternError):
             raise cached
         self.builder._primitive("char")
         return cached
 
     def _pattern_uncached(self, pattern: str) -> str:
-        tree = _RegexParser(pattern).parse()
+        tree = RegexParser(pattern).parse()
         try:
             re.compile(pattern)  # what validators will run
         except re.error as exc:
-            raise _PatternError(f"not a regular expression ({exc})") from None
-        options = tree.options if isinstance(tree, _Alt) else (tree,)
+            raise PatternError(f"not a regular expression ({exc})") from None
+        options = tree.options if isinstance(tree, Alt) else (tree,)
         alternatives = []
         for option in options:
-            items = list(option.items) if isinstance(option, _Seq) else [option]
-            starts = bool(items) and items[0] == _Anchor("^")
+            items = list(option.items) if isinstance(option, Seq) else [option]
+            starts = bool(items) and items[0] == Anchor("^")
             if starts:
                 items.pop(0)
-            ends = bool(items) and items[-1] == _Anchor("$")
+            ends = bool(items) and items[-1] == Anchor("$")
             if ends:
                 items.pop()
-            if any(_has_anchor(item) for item in items):
-                raise _PatternError("'^' and '$' are supported only at the start and the end")
-            body = self._regex(_Seq(tuple(items)))
+            if any(has_anchor(item) for item in items):
+                raise PatternError("'^' and '$' are supported only at the start and the end")
+            body = self._regex(Seq(tuple(items)))
             parts = [] if starts else ["char*"]
             if body:
                 parts.append(body)
@@ -1186,18 +937,14 @@ class _Converter:
             alternatives.append(" ".join(parts))
         return alternatives[0] if len(alternatives) == 1 else f"({' | '.join(alternatives)})"
 
-    def _regex(self, node: _Node) -> str:
-        if isinstance(node, _Chars):
+    def _regex(self, node: Node) -> str:
+        if isinstance(node, Chars):
             return self._chars(node.lo)
-        if isinstance(node, _Seq):
+        if isinstance(node, Seq):
             parts: list[str] = []
             run: list[str] = []  # single characters, written as one literal
             for item in node.items:
-                if (
-                    isinstance(item, _Chars)
-                    and len(item.lo) == 1
-                    and item.lo[0][0] == item.lo[0][1]
-                ):
+                if isinstance(item, Chars) and len(item.lo) == 1 and item.lo[0][0] == item.lo[0][1]:
                     run.append(_json_char(chr(item.lo[0][0])))
                     continue
                 if run:
@@ -1209,40 +956,40 @@ class _Converter:
             if run:
                 parts.append(self.builder.literal("".join(run)))
             return " ".join(parts)
-        if isinstance(node, _Alt):
+        if isinstance(node, Alt):
             return f"({' | '.join(self._regex(option) for option in node.options)})"
-        if isinstance(node, _Repeat):
-            repeated: _Node | None = node.node
+        if isinstance(node, Repeat):
+            repeated: Node | None = node.node
             low = node.low
-            if node.high is None and _nullable(node.node):
+            if node.high is None and nullable(node.node):
                 # llama.cpp refuses an unbounded repetition of what may be empty (left
                 # recursion); the same strings are the non-empty ones repeated.
-                repeated, low = _nonempty(node.node), 0
+                repeated, low = nonempty(node.node), 0
             inner = self._regex(repeated) if repeated is not None else ""
             return _repeat(_atom(inner), low, node.high) if inner else ""
-        raise _PatternError("'^' and '$' are supported only at the start and the end")
+        raise PatternError("'^' and '$' are supported only at the start and the end")
 
-    def _chars(self, ranges: _Ranges) -> str:
+    def _chars(self, ranges: Ranges) -> str:
         """The GBNF of one character of ``ranges`` inside a JSON string: raw, or escaped where
         JSON requires it."""
-        raw = _subtract(ranges, _SPECIAL)
+        raw = subtract(ranges, SPECIAL)
         parts = [_class(raw)] if raw else []
         special = [
-            chr(c) for first, last in _intersect(ranges, _SPECIAL) for c in range(first, last + 1)
+            chr(c) for first, last in intersect(ranges, SPECIAL) for c in range(first, last + 1)
         ]
         letters = [_SHORT_ESCAPES[c][1] for c in special if c in _SHORT_ESCAPES]
         if letters:
-            parts.append(f'"\\\\" {_class(_codes(letters))}')
+            parts.append(f'"\\\\" {_class(codes(letters))}')
         controls = [ord(c) for c in special if c not in _SHORT_ESCAPES]
         if controls:  # \u00XX, by the first hex digit
             by_high = [
-                f'"{high}" {_class(_codes(f"{c & 0xF:x}" for c in controls if c >> 4 == high))}'
+                f'"{high}" {_class(codes(f"{c & 0xF:x}" for c in controls if c >> 4 == high))}'
                 for high in (0, 1)
                 if any(c >> 4 == high for c in controls)
             ]
             parts.append(f'"\\\\u00" {_group(by_high)}')
         if not parts:
-            raise _PatternError("a character class that matches no character")
+            raise PatternError("a character class that matches no character")
         return parts[0] if len(parts) == 1 else self.builder.rule("chars", " | ".join(parts))
 
     # Numbers
@@ -1447,7 +1194,7 @@ class _Converter:
             children = {
                 c: child
                 for c, child in node.items()
-                if c and (c in _SHORT_ESCAPES or not _contains(_SPECIAL, ord(c)))
+                if c and (c in _SHORT_ESCAPES or not contains(SPECIAL, ord(c)))
             }
             options = [] if "" in node else ['"\\""']
             options.append(self._key_other(children, tail))
@@ -1463,11 +1210,11 @@ class _Converter:
 
     def _key_other(self, taken: Iterable[str], tail: str) -> str:
         """A rule: a key character other than ``taken``, then the rest of the key."""
-        raw = _subtract(_UNIVERSE, _norm([*_SPECIAL, *_codes(taken)]))
+        raw = subtract(UNIVERSE, norm([*SPECIAL, *codes(taken)]))
         options = [f"{_class(raw)} {tail}"]
         letters = [e[1] for c, e in _SHORT_ESCAPES.items() if c not in taken]
         if letters:
-            options.append(f'"\\\\" {_class(_codes(letters))} {tail}')
+            options.append(f'"\\\\" {_class(codes(letters))} {tail}')
         return self.builder.rule("key-other", " | ".join(options))
 
     # Arrays
@@ -1672,60 +1419,6 @@ def _both(a: Any, b: Any) -> Any:
     if a is False or b is False:
         return False
     return {"allOf": [a, b]}
-
-
-def _has_anchor(node: _Node) -> bool:
-    if isinstance(node, _Anchor):
-        return True
-    if isinstance(node, _Seq):
-        return any(_has_anchor(item) for item in node.items)
-    if isinstance(node, _Alt):
-        return any(_has_anchor(option) for option in node.options)
-    if isinstance(node, _Repeat):
-        return _has_anchor(node.node)
-    return False
-
-
-def _nullable(node: _Node) -> bool:
-    """Whether ``node`` matches the empty string."""
-    if isinstance(node, _Chars):
-        return False
-    if isinstance(node, _Seq):
-        return all(_nullable(item) for item in node.items)
-    if isinstance(node, _Alt):
-        return any(_nullable(option) for option in node.options)
-    if isinstance(node, _Repeat):
-        return node.low == 0 or _nullable(node.node)
-    return True
-
-
-def _nonempty(node: _Node) -> _Node | None:
-    """What ``node`` matches but the empty string; None when that is nothing."""
-    if not _nullable(node):
-        return node
-    options: list[_Node] = []
-    if isinstance(node, _Alt):
-        options = [n for n in map(_nonempty, node.options) if n is not None]
-    elif isinstance(node, _Repeat):
-        inner = _nonempty(node.node)
-        if inner is not None and node.high != 0:
-            options = [_Repeat(inner, 1, node.high)]
-    elif isinstance(node, _Seq):  # every item may be empty: one is the first that is not
-        for index, item in enumerate(node.items):
-            first = _nonempty(item)
-            if first is not None:
-                options.append(_Seq((first, *node.items[index + 1 :])))
-    if not options:
-        return None
-    return options[0] if len(options) == 1 else _Alt(tuple(options))
-
-
-def _codes(chars: Iterable[str]) -> _Ranges:
-    return _norm((ord(c), ord(c)) for c in chars)
-
-
-def _contains(ranges: _Ranges, code: int) -> bool:
-    return any(first <= code <= last for first, last in ranges)
 
 
 def _what(schema: dict[str, Any]) -> str:
