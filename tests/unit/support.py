@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from litestar.testing import AsyncTestClient
 
+from app.factory import create_app
 from app.settings import Settings
 
 ADMIN, ADMIN_PASSWORD = "admin", "admin-password-1"
@@ -42,3 +45,25 @@ async def login(client: AsyncTestClient[Any], username: str, password: str) -> s
 
 def bearer(credential: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {credential}"}
+
+
+def weather_call_words(city: str) -> list[str]:
+    """A call of ``get_weather(city)`` in the generic envelope, in the words a ``FakeEngine``
+    writes one at a time."""
+    return [
+        '{"tool_calls":',
+        '[{"name":',
+        '"get_weather",',
+        '"arguments":',
+        '{"city":',
+        f'"{city}"}}}}]}}',
+    ]
+
+
+@asynccontextmanager
+async def admin_client(tmp_path: Path, engine: Any) -> AsyncIterator[AsyncTestClient[Any]]:
+    """The app over ``engine``, and a client signed in as the admin (a bearer token)."""
+    app = create_app(settings_for(tmp_path), engine=engine)
+    async with AsyncTestClient(app=app) as client:
+        client.headers.update(bearer(await login(client, ADMIN, ADMIN_PASSWORD)))
+        yield client

@@ -15,24 +15,19 @@ from litestar.testing import AsyncTestClient
 
 from app.anthropic.protocol import MessagesRequest
 from app.anthropic.serving import _with_pings, chat_request
-from app.factory import create_app
 from app.openai.protocol_tools import NamedToolChoice
 from tests.unit.fakes import FakeEngine
-from tests.unit.support import ADMIN, ADMIN_PASSWORD, login, settings_for
+from tests.unit.support import (
+    admin_client,
+    weather_call_words,
+)
 
 MODEL = "tinyllama-1.1b"
 TOOL = {
     "name": "get_weather",
     "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
 }
-CALL_WORDS = [
-    '{"tool_calls":',
-    '[{"name":',
-    '"get_weather",',
-    '"arguments":',
-    '{"city":',
-    '"Oslo"}}]}',
-]
+CALL_WORDS = weather_call_words("Oslo")
 
 
 @pytest.fixture
@@ -42,9 +37,9 @@ def engine() -> FakeEngine:
 
 @pytest.fixture
 async def client(tmp_path: Path, engine: FakeEngine) -> AsyncIterator[AsyncTestClient[Any]]:
-    app = create_app(settings_for(tmp_path), engine=engine)
-    async with AsyncTestClient(app=app) as client:
-        client.headers["x-api-key"] = await login(client, ADMIN, ADMIN_PASSWORD)
+    async with admin_client(tmp_path, engine) as client:
+        # As the anthropic SDK authenticates: the same credential in x-api-key.
+        client.headers["x-api-key"] = client.headers.pop("Authorization").removeprefix("Bearer ")
         yield client
 
 

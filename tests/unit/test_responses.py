@@ -15,9 +15,13 @@ from typing import Any
 import pytest
 from litestar.testing import AsyncTestClient
 
-from app.factory import create_app
 from tests.unit.fakes import FakeEngine
-from tests.unit.support import ADMIN, ADMIN_PASSWORD, bearer, login, settings_for
+from tests.unit.support import (
+    admin_client,
+    bearer,
+    login,
+    weather_call_words,
+)
 
 MODEL = "tinyllama-1.1b"
 TOOL = {
@@ -25,14 +29,7 @@ TOOL = {
     "name": "get_weather",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
 }
-CALL_WORDS = [
-    '{"tool_calls":',
-    '[{"name":',
-    '"get_weather",',
-    '"arguments":',
-    '{"city":',
-    '"Oslo"}}]}',
-]
+CALL_WORDS = weather_call_words("Oslo")
 
 
 @pytest.fixture
@@ -42,9 +39,7 @@ def engine() -> FakeEngine:
 
 @pytest.fixture
 async def client(tmp_path: Path, engine: FakeEngine) -> AsyncIterator[AsyncTestClient[Any]]:
-    app = create_app(settings_for(tmp_path), engine=engine)
-    async with AsyncTestClient(app=app) as client:
-        client.headers.update(bearer(await login(client, ADMIN, ADMIN_PASSWORD)))
+    async with admin_client(tmp_path, engine) as client:
         yield client
 
 

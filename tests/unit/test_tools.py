@@ -14,7 +14,15 @@ from litestar.testing import AsyncTestClient
 from app.factory import create_app
 from app.inference.tool_formats import GENERIC, HERMES, LLAMA3, MISTRAL, ToolFormat
 from tests.unit.fakes import FakeEngine
-from tests.unit.support import ADMIN, ADMIN_PASSWORD, bearer, login, settings_for
+from tests.unit.support import (
+    ADMIN,
+    ADMIN_PASSWORD,
+    admin_client,
+    bearer,
+    login,
+    settings_for,
+    weather_call_words,
+)
 
 MODEL = "tinyllama-1.1b"
 TOOL = {
@@ -28,14 +36,7 @@ TOOL = {
         },
     },
 }
-CALL_WORDS = [
-    '{"tool_calls":',
-    '[{"name":',
-    '"get_weather",',
-    '"arguments":',
-    '{"city":',
-    '"Paris"}}]}',
-]
+CALL_WORDS = weather_call_words("Paris")
 
 
 @pytest.fixture
@@ -45,9 +46,7 @@ def engine() -> FakeEngine:
 
 @pytest.fixture
 async def client(tmp_path: Path, engine: FakeEngine) -> AsyncIterator[AsyncTestClient[Any]]:
-    app = create_app(settings_for(tmp_path), engine=engine)
-    async with AsyncTestClient(app=app) as client:
-        client.headers.update(bearer(await login(client, ADMIN, ADMIN_PASSWORD)))
+    async with admin_client(tmp_path, engine) as client:
         yield client
 
 
