@@ -24,12 +24,13 @@ from types import FrameType
 
 import msgspec
 import uvicorn
+from sqlalchemy.exc import ArgumentError
 
 from app.accounts.schemas import NewUser, UserUpdate
 from app.accounts.service import AccountService, AdminBootstrapError
 from app.db import Database, DatabaseUnavailable, SchemaTooNew
 from app.errors import ModelNotFound, ServiceError
-from app.factory import account_service, build_services, catalog_for, create_app, database_path
+from app.factory import account_service, build_services, catalog_for, create_app, database
 from app.inference import commands
 from app.inference.host import ModelState
 from app.settings import ConfigError, Settings
@@ -68,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
             return commands.list_models(catalog_for(settings))
         if args.command == "users":
             return asyncio.run(_users(settings, args))
+        if args.command == "db":
+            return asyncio.run(_db(settings, args))
         return asyncio.run(serve(settings))
     except (ConfigError, SchemaTooNew, AdminBootstrapError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -101,8 +104,27 @@ def _parser() -> argparse.ArgumentParser:
         "models", nargs="*", metavar="MODEL", help="Model ids or aliases (default: all)."
     )
     model.add_parser("list", help="Show the configured models and the GGUF files in the cache.")
+    db = commands.add_parser(
+        "db", help="The database: migrate it, or copy it into PostgreSQL."
+    ).add_subparsers(dest="action", metavar="ACTION", required=True)
+    db.add_parser(
+        "upgrade",
+        help="Migrate the database (APP_DATABASE_URL, or app.db in APP_DATA_DIR) to this "
+        "release's schema; safe beside running replicas, which do the same at start.",
+    )
+    db.add_parser(
+        "copy",
+        help="Copy every user, API key, usage row, stored response and the JWT secret into "
+        "another, empty database (migrated first); the configured one is only read.",
+    ).add_argument(
+        "--to",
+        required=True,
+        metavar="URL",
+        help="The target, e.g. postgresql://USER@HOST/DB (the password may come from "
+        "PGPASSWORD or ~/.pgpass instead of the URL).",
+    )
     users = commands.add_parser(
-        "users", help="Manage accounts in the database under APP_DATA_DIR."
+        "users", help="Manage accounts in the database (APP_DATABASE_URL, or APP_DATA_DIR)."
     ).add_subparsers(dest="action", metavar="ACTION", required=True)
     users.add_parser("list", help="List the users.")
     for action, help_text in (
@@ -217,7 +239,7 @@ class _Server(uvicorn.Server):
 
 
 async def _users(settings: Settings, args: argparse.Namespace) -> int:
-    db = Database(database_path(settings))
+    db = database(settings)
     await db.open()
     try:
         accounts = account_service(settings, db)
@@ -228,6 +250,35 @@ async def _users(settings: Settings, args: argparse.Namespace) -> int:
         return 1
     finally:
         await db.close()
+
+
+async def _db(settings: Settings, args: argparse.Namespace) -> int:
+    from app.db import migrate
+    from app.db.copy import TargetNotEmpty, copy_database
+
+    source = database(settings)
+    await source.open()  # migrates
+    try:
+        if args.action == "upgrade":
+            print(f"{source.where} is at schema {await migrate.current(source)} (current)")
+            return 0
+        try:
+            target = Database(args.to)
+        except (ValueError, ArgumentError) as exc:
+            raise ConfigError(f"--to: {exc}") from None
+        await target.open()
+        try:
+            copied = await copy_database(source, target)
+        except TargetNotEmpty as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            await target.close()
+        rows = ", ".join(f"{count} {table}" for table, count in copied.items())
+        print(f"copied {rows} from {source.where} to {target.where}")
+        return 0
+    finally:
+        await source.close()
 
 
 def _read_password(args: argparse.Namespace) -> str:

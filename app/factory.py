@@ -18,9 +18,10 @@ from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.security.jwt import OAuth2PasswordBearerAuth, Token
+from sqlalchemy.exc import ArgumentError
 
 from app import __version__
-from app.accounts.auth import bearer_auth, resolve_jwt_secret
+from app.accounts.auth import bearer_auth, configured_jwt_secret
 from app.accounts.bootstrap import FirstAdmin
 from app.accounts.controllers import (
     AdminController,
@@ -33,12 +34,13 @@ from app.accounts.passwords import Passwords
 from app.accounts.schemas import User
 from app.accounts.service import AccountService
 from app.accounts.shared import SharedState
+from app.accounts.signing import SigningSecret
 from app.accounts.store import AccountStore
 from app.accounts.throttle import LoginThrottle
 from app.accounts.usage import UsageLedger
 from app.anthropic.controllers import AnthropicController
 from app.anthropic.serving import MessagesServing
-from app.db import Database
+from app.db import Database, database_url
 from app.errors import exception_handlers, require_json_body
 from app.inference.catalog import Catalog, ModelSpec, load_catalog
 from app.inference.engine import EngineConfig, LoadedModel
@@ -51,7 +53,7 @@ from app.openai.serving_completions import CompletionServing
 from app.openai.serving_embeddings import EmbeddingServing
 from app.openai.serving_models import ModelServing
 from app.openai.serving_responses import ResponsesServing
-from app.settings import Settings
+from app.settings import ConfigError, Settings
 from app.system.access import RequestContext
 from app.system.disconnect import CancelOnDisconnect
 from app.system.docs import RENDER_PLUGINS, SCHEMA_PATH, docs_handlers, document_streaming
@@ -66,6 +68,7 @@ class Services:
     """Everything the routes use, made once per app; each is a dependency of the same name."""
 
     db: Database
+    signing_secret: SigningSecret
     accounts: AccountService
     auth: OAuth2PasswordBearerAuth[User, Token]
     login_throttle: LoginThrottle
@@ -84,9 +87,12 @@ class Services:
     embeddings: EmbeddingServing
 
 
-def database_path(settings: Settings) -> Path:
-    """Where the user database lives."""
-    return Path(settings.data_dir) / "app.db"
+def database(settings: Settings) -> Database:
+    """The user database: ``APP_DATABASE_URL``, or ``app.db`` in the data directory."""
+    try:
+        return Database(database_url(settings.database_url, Path(settings.data_dir)))
+    except (ValueError, ArgumentError) as exc:
+        raise ConfigError(f"APP_DATABASE_URL: {exc}") from None
 
 
 def account_service(settings: Settings, db: Database) -> AccountService:
@@ -152,7 +158,7 @@ def build_services(
         host_config(settings), catalog_for(settings), engine=engine, loader=engine_loader
     )
     metrics = Metrics(host.stats)
-    db = Database(database_path(settings))
+    db = database(settings)
     ledger = UsageLedger(db, on_write_failure=metrics.usage_write_failures.inc)
     shared = SharedState(settings.redis_url)
     limits = Limits(
@@ -166,15 +172,22 @@ def build_services(
         max_waiting=settings.max_queue,
     )
     accounts = account_service(settings, db)
+    signing_secret = SigningSecret(
+        db,
+        configured=configured_jwt_secret(settings),
+        algorithm=settings.algorithm,
+        data_dir=Path(settings.data_dir),
+    )
     defaults = SamplingDefaults(max_tokens=settings.max_length, temperature=settings.temperature)
     chat = ChatServing(host, defaults, limits=limits, ledger=ledger, metrics=metrics)
     return Services(
         db=db,
+        signing_secret=signing_secret,
         accounts=accounts,
         # Litestar's own documentation router (the pages behind /docs and /redoc) is public too.
         auth=bearer_auth(
             accounts,
-            resolve_jwt_secret(settings),
+            signing_secret,
             algorithm=settings.algorithm,
             token_minutes=settings.access_token_expire_minutes,
             public_paths=[f"^{SCHEMA_PATH}/"],
@@ -238,6 +251,7 @@ def create_app(
         on_app_init=[services.auth.on_app_init],
         lifespan=[
             services.db.lifespan,
+            services.signing_secret.lifespan,
             first_admin.lifespan,
             services.ledger.lifespan,
             services.shared.lifespan,

@@ -205,7 +205,7 @@ class Settings(
         str,
         Meta(
             min_length=1,
-            description="Directory for the user database and the generated JWT secret.",
+            description="Directory for the SQLite user database (unless APP_DATABASE_URL says otherwise).",
         ),
     ] = "./data"
     registration: Annotated[
@@ -259,6 +259,15 @@ class Settings(
             description="Requests each user may have in progress at once; 0: no limit.",
         ),
     ] = 4
+    database_url: Annotated[
+        Annotated[str, Meta(pattern=r"^(sqlite|postgresql|postgres)(\+[a-z0-9]+)?://")] | None,
+        Meta(
+            description=(
+                "Where users, keys, usage and stored responses live: sqlite:///PATH or "
+                "postgresql://USER:PASSWORD@HOST/DB (unset: app.db in the data directory)."
+            ),
+        ),
+    ] = None
     redis_url: Annotated[
         Annotated[str, Meta(pattern=r"^(redis|rediss|valkey|valkeys)://")] | None,
         Meta(
@@ -288,7 +297,7 @@ class Settings(
         Annotated[str, Meta(min_length=32)] | None,
         Meta(
             description="Secret that signs access tokens (32+ bytes, 64 for HS512); empty means "
-            "generate one and keep it in APP_DATA_DIR."
+            "generate one and keep it in the database, shared by every replica."
         ),
     ] = None
     algorithm: Annotated[

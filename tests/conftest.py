@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +11,9 @@ import pytest
 # spin between decodes, which on a busy 2-core machine starves everything else in the process
 # (the in-thread test servers, the clients). Set before anything imports llama_cpp.
 os.environ.setdefault("GOMP_SPINCOUNT", "30000")
+
+# Real PostgreSQL, Redis and HAProxy servers on loopback (tests/realservers.py).
+pytest_plugins = ["tests.realservers"]
 
 TEST_MODEL_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -41,34 +39,11 @@ def embedding_model_file() -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real redis-server (or valkey-server) on loopback, without persistence, for the
-    session; scripts/test installs Debian's."""
-    binary = shutil.which("valkey-server") or shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is missing: run scripts/test, which installs it")
-    folder = tmp_path_factory.mktemp("redis")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder)]
-    argv += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
-    server = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5) as connection:
-                    connection.sendall(b"PING\r\n")
-                    if connection.recv(16).startswith(b"+PONG"):
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                pytest.fail(f"{binary} did not start")
-            time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a test's user database lives, once on each backend: a SQLite file, and a fresh
+    database on the session's real PostgreSQL server (tests/realservers.py)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'data' / 'app.db'}"
+    url: str = request.getfixturevalue("postgres_db_url")
+    return url

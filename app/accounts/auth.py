@@ -1,4 +1,4 @@
-"""Who is calling: the JWT secret, Litestar's OAuth2 bearer auth with API keys, the admin guard.
+"""Who is calling: Litestar's OAuth2 bearer auth with API keys, the admin guard.
 
 Litestar's ``OAuth2PasswordBearerAuth`` signs and checks tokens (pyjwt, one algorithm only, so
 ``alg: none`` and algorithm swaps are refused) and documents the password flow for Swagger's
@@ -10,11 +10,9 @@ page a logged-in browser visits make requests on the user's behalf; ours reads o
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 from litestar.connection import ASGIConnection
@@ -26,6 +24,7 @@ from litestar.security.jwt import JWTAuthenticationMiddleware, OAuth2PasswordBea
 
 from app.accounts.schemas import User
 from app.accounts.service import API_KEY_PREFIX, AccountService
+from app.accounts.signing import MIN_SECRET_BYTES, SigningSecret
 from app.errors import NotAuthenticated, PermissionDenied
 from app.settings import ConfigError, Settings
 
@@ -42,64 +41,31 @@ _PUBLISHED_SECRETS = frozenset(
         "change-this-to-a-long-random-secret-key",
     }
 )
-# RFC 7518 section 3.2: an HMAC key at least as long as the hash output.
-_MIN_SECRET_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
-_SECRET_FILE = "jwt_secret"  # noqa: S105 - a file name
 
 
-def resolve_jwt_secret(settings: Settings) -> str:
-    """``JWT_SECRET_KEY``, or a generated one kept in the data directory (mode 0600).
+def configured_jwt_secret(settings: Settings) -> str | None:
+    """``JWT_SECRET_KEY``, checked; None when it is unset (``SigningSecret`` then keeps a
+    generated one in the database).
 
     Raises ``ConfigError`` for a secret anyone could know.
     """
     configured = settings.jwt_secret_key
-    if configured is not None:
-        if configured in _PUBLISHED_SECRETS or len(set(configured)) < 8:
-            raise ConfigError(
-                "JWT_SECRET_KEY is a published sample or trivially guessable value; anyone could "
-                "sign tokens with it. Set a random one (python -c 'import secrets; "
-                "print(secrets.token_urlsafe(48))') or leave it empty to have one generated."
-            )
-        minimum = _MIN_SECRET_BYTES[settings.algorithm]
-        if len(configured.encode()) < minimum:
-            raise ConfigError(
-                f"JWT_SECRET_KEY must be at least {minimum} bytes long for {settings.algorithm} "
-                "(RFC 7518: no shorter than the hash)."
-            )
-        return configured
-    path = Path(settings.data_dir) / _SECRET_FILE
-    try:
-        return _stored_secret(path, settings.algorithm)
-    except OSError as exc:
+    if not configured:
+        return None
+    if configured in _PUBLISHED_SECRETS or len(set(configured)) < 8:
         raise ConfigError(
-            f"cannot keep the generated JWT secret in {path}: {exc.strerror}; make APP_DATA_DIR "
-            "a writable directory or set JWT_SECRET_KEY."
-        ) from None
-
-
-def _stored_secret(path: Path, algorithm: str) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if not path.exists():
-        # Written whole to a private file, then linked into place: a second process starting
-        # at the same moment either wins the link or reads the complete secret, never half.
-        draft = path.with_name(f".{path.name}.{os.getpid()}")
-        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(64) + "\n")  # 86 characters: enough for HS512
-        try:
-            os.link(draft, path)
-            logger.info("generated a JWT secret in %s", path)
-        except FileExistsError:
-            pass
-        finally:
-            draft.unlink()
-    secret = path.read_text().strip()
-    if len(secret.encode()) < _MIN_SECRET_BYTES[algorithm]:
-        raise ConfigError(
-            f"{path} holds a JWT secret too short for {algorithm}; delete the file "
-            "to have a new one generated (existing tokens will stop working)."
+            "JWT_SECRET_KEY is a published sample or trivially guessable value; anyone could "
+            "sign tokens with it. Set a random one (python -c 'import secrets; "
+            "print(secrets.token_urlsafe(48))') or leave it empty to have one generated."
         )
-    return secret
+    # RFC 7518 section 3.2: an HMAC key at least as long as the hash output.
+    minimum = MIN_SECRET_BYTES[settings.algorithm]
+    if len(configured.encode()) < minimum:
+        raise ConfigError(
+            f"JWT_SECRET_KEY must be at least {minimum} bytes long for {settings.algorithm} "
+            "(RFC 7518: no shorter than the hash)."
+        )
+    return configured
 
 
 ApiKeyUser = Callable[[str], Awaitable[User | None]]
@@ -109,10 +75,18 @@ class BearerAuthMiddleware(JWTAuthenticationMiddleware):
     """Authenticates ``Authorization: Bearer <JWT or API key>``, or the same credential in
     ``x-api-key`` (as Anthropic's clients send it); nothing else is accepted."""
 
-    def __init__(self, *, auth_cookie_key: str, api_key_user: ApiKeyUser, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        auth_cookie_key: str,
+        api_key_user: ApiKeyUser,
+        signing_secret: SigningSecret,
+        **kwargs: Any,
+    ) -> None:
         # OAuth2PasswordBearerAuth passes a cookie name; tokens are never read from cookies here.
         super().__init__(**kwargs)
         self._api_key_user = api_key_user
+        self._signing_secret = signing_secret
 
     async def authenticate_request(
         self, connection: ASGIConnection[Any, Any, Any, Any]
@@ -133,6 +107,7 @@ class BearerAuthMiddleware(JWTAuthenticationMiddleware):
                 raise NotAuthenticated("Invalid API key.")
             return AuthenticationResult(user=user, auth=None)
         try:
+            self.token_secret = self._signing_secret.value  # known once the lifespan started
             return await self.authenticate_token(credential, connection)
         except NotAuthorizedException:
             raise NotAuthenticated("Invalid or expired access token.") from None
@@ -143,12 +118,19 @@ class _OAuth2Bearer(OAuth2PasswordBearerAuth[User, Token]):
     middleware also takes API keys."""
 
     api_key_user: ApiKeyUser | None = None
+    signing_secret: SigningSecret | None = None
 
     @property
     def middleware(self) -> DefineMiddleware:
         middleware = super().middleware
         middleware.kwargs["api_key_user"] = self.api_key_user
+        middleware.kwargs["signing_secret"] = self.signing_secret
         return middleware
+
+    def create_token(self, *args: Any, **kwargs: Any) -> str:
+        assert self.signing_secret is not None
+        self.token_secret = self.signing_secret.value
+        return super().create_token(*args, **kwargs)
 
     @property
     def openapi_components(self) -> Components:
@@ -167,7 +149,7 @@ class _OAuth2Bearer(OAuth2PasswordBearerAuth[User, Token]):
 
 def bearer_auth(
     accounts: AccountService,
-    secret: str,
+    secret: SigningSecret,
     *,
     algorithm: str,
     token_minutes: int,
@@ -185,7 +167,9 @@ def bearer_auth(
 
     auth = _OAuth2Bearer(
         token_url="/token",  # noqa: S106 - a route
-        token_secret=secret,
+        # Replaced by the signing secret's value before each use: it is known only once the
+        # database is open, and this placeholder signs and accepts nothing meanwhile.
+        token_secret=secrets.token_urlsafe(64),
         algorithm=algorithm,
         retrieve_user_handler=user_for_token,
         authentication_middleware_class=BearerAuthMiddleware,  # type: ignore[arg-type]
@@ -203,6 +187,7 @@ def bearer_auth(
         ),
     )
     auth.api_key_user = accounts.user_for_api_key
+    auth.signing_secret = secret
     return auth
 
 

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import secrets
-import sqlite3
 import time
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import RowMapping
 
 from app.accounts.schemas import ApiKeyView, User
 from app.db import Database
+from app.db.tables import api_keys, users
 
-_SELECT_USER = (
-    "SELECT id, username, password_hash, is_admin, disabled, token_version, created_at,"
-    " requests_per_minute, tokens_per_day, subject FROM users"
-)
+_SELECT_USER = sa.select(users)
 
 
-def _user(row: sqlite3.Row | None) -> User | None:
+def _user(row: RowMapping | None) -> User | None:
     if row is None:
         return None
     return User(
@@ -32,7 +33,7 @@ def _user(row: sqlite3.Row | None) -> User | None:
     )
 
 
-def _api_key(row: sqlite3.Row) -> ApiKeyView:
+def _api_key(row: RowMapping) -> ApiKeyView:
     return ApiKeyView(
         id=row["id"],
         name=row["name"],
@@ -53,103 +54,115 @@ class AccountStore:
         self._db = db
 
     async def create_user(self, username: str, password_hash: str, *, is_admin: bool) -> User:
-        try:
-            _, user_id = await self._db.execute(
-                "INSERT INTO users (username, password_hash, is_admin, created_at, subject)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (username, password_hash, int(is_admin), int(time.time()), secrets.token_hex(16)),
+        statement = (
+            sa.insert(users)
+            .values(
+                username=username,
+                password_hash=password_hash,
+                is_admin=is_admin,
+                created_at=int(time.time()),
+                subject=secrets.token_hex(16),
             )
-        except sqlite3.IntegrityError:
+            .returning(*users.c)
+        )
+        try:
+            row = await self._db.execute_returning(statement)
+        except sa.exc.IntegrityError:
             raise UsernameTaken(username) from None
-        user = await self.user_by_id(user_id or 0)
+        user = _user(row)
         assert user is not None
         return user
 
     async def user_by_id(self, user_id: int) -> User | None:
-        return _user(await self._db.fetch_one(_SELECT_USER + " WHERE id = ?", (user_id,)))
+        return _user(await self._db.fetch_one(_SELECT_USER.where(users.c.id == user_id)))
 
     async def user_by_subject(self, subject: str) -> User | None:
-        return _user(await self._db.fetch_one(_SELECT_USER + " WHERE subject = ?", (subject,)))
+        return _user(await self._db.fetch_one(_SELECT_USER.where(users.c.subject == subject)))
 
     async def user_by_name(self, username: str) -> User | None:
-        return _user(await self._db.fetch_one(_SELECT_USER + " WHERE username = ?", (username,)))
+        # Usernames are ASCII, so lower() agrees on every backend.
+        statement = _SELECT_USER.where(sa.func.lower(users.c.username) == username.lower())
+        return _user(await self._db.fetch_one(statement))
 
     async def users(self) -> list[User]:
-        rows = await self._db.fetch_all(_SELECT_USER + " ORDER BY id")
+        rows = await self._db.fetch_all(_SELECT_USER.order_by(users.c.id))
         return [user for row in rows if (user := _user(row)) is not None]
 
     async def has_admin(self) -> bool:
-        return (
-            await self._db.fetch_one("SELECT 1 FROM users WHERE is_admin = 1 LIMIT 1") is not None
-        )
+        statement = sa.select(users.c.id).where(users.c.is_admin.is_(True)).limit(1)
+        return await self._db.scalar(statement) is not None
+
+    async def _update(self, user_id: int, **values: Any) -> None:
+        await self._db.execute(sa.update(users).where(users.c.id == user_id).values(**values))
 
     async def set_password(self, user_id: int, password_hash: str, *, revoke_tokens: bool) -> None:
         """Stores a new hash; ``revoke_tokens`` ends every token issued before."""
-        await self._db.execute(
-            "UPDATE users SET password_hash = ?, token_version = token_version + ? WHERE id = ?",
-            (password_hash, int(revoke_tokens), user_id),
+        await self._update(
+            user_id,
+            password_hash=password_hash,
+            token_version=users.c.token_version + int(revoke_tokens),
         )
 
     async def set_disabled(self, user_id: int, disabled: bool) -> None:
         # Disabling also ends existing tokens, so re-enabling does not revive them.
-        await self._db.execute(
-            "UPDATE users SET disabled = ?, token_version = token_version + ? WHERE id = ?",
-            (int(disabled), int(disabled), user_id),
+        await self._update(
+            user_id, disabled=disabled, token_version=users.c.token_version + int(disabled)
         )
 
     async def set_admin(self, user_id: int, is_admin: bool) -> None:
-        await self._db.execute(
-            "UPDATE users SET is_admin = ? WHERE id = ?", (int(is_admin), user_id)
-        )
+        await self._update(user_id, is_admin=is_admin)
 
     async def set_limits(self, user_id: int, limits: dict[str, int | None]) -> None:
         """Sets ``requests_per_minute`` and/or ``tokens_per_day`` (None: the default)."""
-        if "requests_per_minute" in limits:
-            await self._db.execute(
-                "UPDATE users SET requests_per_minute = ? WHERE id = ?",
-                (limits["requests_per_minute"], user_id),
-            )
-        if "tokens_per_day" in limits:
-            await self._db.execute(
-                "UPDATE users SET tokens_per_day = ? WHERE id = ?",
-                (limits["tokens_per_day"], user_id),
-            )
+        values = {
+            name: limits[name]
+            for name in ("requests_per_minute", "tokens_per_day")
+            if name in limits
+        }
+        if values:
+            await self._update(user_id, **values)
 
     async def delete_user(self, user_id: int) -> None:
-        await self._db.execute("DELETE FROM users WHERE id = ?", (user_id,))
+        await self._db.execute(sa.delete(users).where(users.c.id == user_id))
 
     async def create_api_key(
         self, user_id: int, name: str, prefix: str, key_hash: str
     ) -> ApiKeyView:
-        _, key_id = await self._db.execute(
-            "INSERT INTO api_keys (user_id, name, prefix, key_hash, created_at)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (user_id, name, prefix, key_hash, int(time.time())),
+        row = await self._db.execute_returning(
+            sa.insert(api_keys)
+            .values(
+                user_id=user_id,
+                name=name,
+                prefix=prefix,
+                key_hash=key_hash,
+                created_at=int(time.time()),
+            )
+            .returning(*api_keys.c)
         )
-        row = await self._db.fetch_one("SELECT * FROM api_keys WHERE id = ?", (key_id,))
-        assert row is not None
         return _api_key(row)
 
     async def api_keys(self, user_id: int) -> list[ApiKeyView]:
         rows = await self._db.fetch_all(
-            "SELECT * FROM api_keys WHERE user_id = ? ORDER BY id", (user_id,)
+            sa.select(api_keys).where(api_keys.c.user_id == user_id).order_by(api_keys.c.id)
         )
         return [_api_key(row) for row in rows]
 
     async def delete_api_key(self, user_id: int, key_id: int) -> bool:
-        changed, _ = await self._db.execute(
-            "DELETE FROM api_keys WHERE id = ? AND user_id = ?", (key_id, user_id)
+        changed = await self._db.execute(
+            sa.delete(api_keys).where(api_keys.c.id == key_id, api_keys.c.user_id == user_id)
         )
         return changed > 0
 
     async def user_by_api_key(self, key_hash: str) -> tuple[User, int, int | None] | None:
         """The key's owner, the key's id and when it was last used."""
         row = await self._db.fetch_one(
-            "SELECT k.id AS key_id, k.last_used_at, u.id, u.username, u.password_hash,"
-            " u.is_admin, u.disabled, u.token_version, u.created_at, u.requests_per_minute,"
-            " u.tokens_per_day, u.subject FROM api_keys k JOIN users u ON u.id = k.user_id"
-            " WHERE k.key_hash = ?",
-            (key_hash,),
+            sa.select(
+                users,
+                api_keys.c.id.label("key_id"),
+                api_keys.c.last_used_at,
+            )
+            .join_from(api_keys, users, users.c.id == api_keys.c.user_id)
+            .where(api_keys.c.key_hash == key_hash)
         )
         user = _user(row)
         if row is None or user is None:
@@ -157,4 +170,6 @@ class AccountStore:
         return user, row["key_id"], row["last_used_at"]
 
     async def touch_api_key(self, key_id: int, when: int) -> None:
-        await self._db.execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?", (when, key_id))
+        await self._db.execute(
+            sa.update(api_keys).where(api_keys.c.id == key_id).values(last_used_at=when)
+        )

@@ -12,15 +12,16 @@ import asyncio
 import datetime as dt
 import logging
 import math
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated
 
 import msgspec
+import sqlalchemy as sa
 
 from app.db import Database
+from app.db.tables import usage, users
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,14 @@ class UserDayUsage(DayUsage, kw_only=True):
     """``DayUsage`` with the user it belongs to, for admins."""
 
     username: str
+
+
+_COUNTS = (
+    usage.c.requests,
+    usage.c.prompt_tokens,
+    usage.c.completion_tokens,
+    usage.c.embedding_tokens,
+)
 
 
 class UsageLedger:
@@ -109,17 +118,8 @@ class UsageLedger:
                 key = next(iter(self._held))
                 row = self._held.pop(key)
                 try:
-                    await self._db.execute(
-                        "INSERT INTO usage (user_id, day, requests, prompt_tokens,"
-                        " completion_tokens, embedding_tokens) VALUES (?, ?, ?, ?, ?, ?)"
-                        " ON CONFLICT (user_id, day) DO UPDATE SET"
-                        " requests = requests + excluded.requests,"
-                        " prompt_tokens = prompt_tokens + excluded.prompt_tokens,"
-                        " completion_tokens = completion_tokens + excluded.completion_tokens,"
-                        " embedding_tokens = embedding_tokens + excluded.embedding_tokens",
-                        (*key, *row),
-                    )
-                except sqlite3.Error as exc:
+                    await self._db.execute(self._add(key, row))
+                except (sa.exc.SQLAlchemyError, OSError) as exc:
                     held = self._held.setdefault(key, [0, 0, 0, 0])
                     for i, value in enumerate(row):
                         held[i] += value
@@ -132,7 +132,24 @@ class UsageLedger:
         """Usage rows waiting in memory to be written."""
         return len(self._held)
 
-    def _failed(self, exc: sqlite3.Error) -> None:
+    def _add(self, key: tuple[int, str], row: list[int]) -> sa.Executable:
+        """Adds ``row`` to the user's day, creating it if it is the first."""
+        user_id, day = key
+        insert = self._db.insert(usage).values(
+            user_id=user_id,
+            day=day,
+            requests=row[0],
+            prompt_tokens=row[1],
+            completion_tokens=row[2],
+            embedding_tokens=row[3],
+        )
+        counts = ("requests", "prompt_tokens", "completion_tokens", "embedding_tokens")
+        return insert.on_conflict_do_update(  # type: ignore[no-any-return]
+            index_elements=[usage.c.user_id, usage.c.day],
+            set_={name: usage.c[name] + insert.excluded[name] for name in counts},
+        )
+
+    def _failed(self, exc: BaseException) -> None:
         if self._on_write_failure is not None:
             self._on_write_failure()
         now = time.monotonic()
@@ -151,14 +168,14 @@ class UsageLedger:
         if key not in self._today:
             if len(self._today) > 10_000:  # yesterday's entries: drop them all, reread
                 self._today.clear()
-            row = await self._db.fetch_one(
-                "SELECT completion_tokens + embedding_tokens FROM usage"
-                " WHERE user_id = ? AND day = ?",
-                key,
+            used = await self._db.scalar(
+                sa.select(usage.c.completion_tokens + usage.c.embedding_tokens).where(
+                    usage.c.user_id == key[0], usage.c.day == key[1]
+                )
             )
             held_row = self._held.get(key, [0, 0, 0, 0])
             held = held_row[2] + held_row[3]
-            self._today.setdefault(key, (int(row[0]) if row else 0) + held)
+            self._today.setdefault(key, int(used or 0) + held)
         return self._today[key]
 
     async def history(self, user_id: int, days: int) -> list[DayUsage]:
@@ -166,20 +183,19 @@ class UsageLedger:
         today = dt.date.fromisoformat(self.today())
         since = (today - dt.timedelta(days=days - 1)).isoformat()
         rows = await self._db.fetch_all(
-            "SELECT day, requests, prompt_tokens, completion_tokens, embedding_tokens FROM usage"
-            " WHERE user_id = ? AND day >= ? ORDER BY day DESC",
-            (user_id, since),
+            sa.select(*_COUNTS, usage.c.day)
+            .where(usage.c.user_id == user_id, usage.c.day >= since)
+            .order_by(usage.c.day.desc())
         )
         return [DayUsage(**dict(row)) for row in rows]
 
     async def everyone(self, since: str, until: str) -> list[UserDayUsage]:
         """Every user's use from ``since`` to ``until`` (UTC days, inclusive)."""
         rows = await self._db.fetch_all(
-            "SELECT u.username, g.day, g.requests, g.prompt_tokens, g.completion_tokens,"
-            " g.embedding_tokens"
-            " FROM usage g JOIN users u ON u.id = g.user_id WHERE g.day BETWEEN ? AND ?"
-            " ORDER BY g.day DESC, u.username",
-            (since, until),
+            sa.select(users.c.username, usage.c.day, *_COUNTS)
+            .join_from(usage, users, users.c.id == usage.c.user_id)
+            .where(usage.c.day.between(since, until))
+            .order_by(usage.c.day.desc(), users.c.username)
         )
         return [UserDayUsage(**dict(row)) for row in rows]
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import sqlalchemy as sa
+
 from app.db import Database
+from app.db.tables import responses
 
 # Old rows are looked for at most this often (seconds).
 _PURGE_EVERY = 60.0
@@ -36,27 +39,32 @@ class ResponseStore:
 
     async def save(self, user_id: int, stored: StoredResponse, *, created_at: int) -> None:
         """Writes (or rewrites) a response, committed on return."""
+        insert = self._db.insert(responses).values(
+            id=stored.id,
+            user_id=user_id,
+            created_at=created_at,
+            body=stored.body.decode(),
+            input_items=stored.input_items.decode(),
+            conversation=stored.conversation.decode(),
+        )
         await self._db.execute(
-            "INSERT INTO responses (id, user_id, created_at, body, input_items, conversation) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET body = excluded.body, "
-            "conversation = excluded.conversation WHERE user_id = excluded.user_id",
-            (
-                stored.id,
-                user_id,
-                created_at,
-                stored.body.decode(),
-                stored.input_items.decode(),
-                stored.conversation.decode(),
-            ),
+            insert.on_conflict_do_update(
+                index_elements=[responses.c.id],
+                set_={"body": insert.excluded.body, "conversation": insert.excluded.conversation},
+                # An id is only ever rewritten by its own user.
+                where=responses.c.user_id == insert.excluded.user_id,
+            )
         )
         await self._purge()
 
     async def get(self, user_id: int, response_id: str) -> StoredResponse | None:
         """The user's response of this id, if there is one (and it is not past retention)."""
         row = await self._db.fetch_one(
-            "SELECT id, body, input_items, conversation FROM responses "
-            "WHERE id = ? AND user_id = ? AND created_at >= ?",
-            (response_id, user_id, self._oldest()),
+            sa.select(responses).where(
+                responses.c.id == response_id,
+                responses.c.user_id == user_id,
+                responses.c.created_at >= self._oldest(),
+            )
         )
         if row is None:
             return None
@@ -69,8 +77,10 @@ class ResponseStore:
 
     async def delete(self, user_id: int, response_id: str) -> bool:
         """Deletes the user's response of this id; whether there was one."""
-        changed, _ = await self._db.execute(
-            "DELETE FROM responses WHERE id = ? AND user_id = ?", (response_id, user_id)
+        changed = await self._db.execute(
+            sa.delete(responses).where(
+                responses.c.id == response_id, responses.c.user_id == user_id
+            )
         )
         return changed > 0
 
@@ -82,4 +92,4 @@ class ResponseStore:
         if now - self._purged < _PURGE_EVERY:
             return
         self._purged = now
-        await self._db.execute("DELETE FROM responses WHERE created_at < ?", (self._oldest(),))
+        await self._db.execute(sa.delete(responses).where(responses.c.created_at < self._oldest()))

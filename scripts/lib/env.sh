@@ -114,14 +114,27 @@ ensure_embedding_model() {
 # here). Installed with apt when missing and running as root; otherwise the test says what to do.
 # redis-server (Debian's; valkey-server is used instead where installed) for the tests of the
 # limits shared between replicas.
-ensure_redis() {
-    command -v valkey-server >/dev/null || command -v redis-server >/dev/null && return 0
-    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
-        log "installing Debian's redis-server for the shared-limits tests (once)"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null
-    else
-        log "redis-server is missing: install it (Debian: apt-get install redis-server)"
+# PostgreSQL, Redis and HAProxy for the tests that start real servers (tests/realservers.py runs
+# its own copies on free loopback ports). apt starts no services in these containers; where
+# systemd started the packages' own, they are stopped and disabled again.
+ensure_test_servers() {
+    local missing=()
+    compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || missing+=(postgresql)
+    command -v valkey-server >/dev/null || command -v redis-server >/dev/null \
+        || missing+=(redis-server)
+    command -v haproxy >/dev/null || [[ -x /usr/sbin/haproxy ]] || missing+=(haproxy)
+    ((${#missing[@]})) || return 0
+    if [[ "$(id -u)" != 0 ]] || ! command -v apt-get >/dev/null; then
+        log "missing ${missing[*]}: install them (Debian: apt-get install ${missing[*]})"
+        return 0
+    fi
+    log "installing Debian's ${missing[*]} for the tests that start real servers (once)"
+    # Fresh machines ship no package lists; refresh them only when apt cannot see a package.
+    apt-cache show "${missing[@]}" >/dev/null 2>&1 || apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    if [[ -d /run/systemd/system ]]; then
+        systemctl disable --now --quiet "${missing[@]}" || true
     fi
 }
 

@@ -139,7 +139,9 @@ def test_serve_refuses_a_database_from_a_newer_release(tmp_path: Path) -> None:
         conn.execute("PRAGMA user_version = 99")
     result = run_app(tmp_path, "serve", APP_PORT=str(free_port()))
     assert result.returncode == 2
-    assert "error: The database was written by a newer release (schema 99" in result.stderr
+    assert "error: The database was written by a newer release (schema user_version 99" in (
+        result.stderr
+    )
     assert "Traceback" not in result.stderr
 
 

@@ -312,7 +312,7 @@ def test_a_damaged_database_or_unusable_data_directory_is_one_sentence(tmp_path:
     (tmp_path / "file").write_text("a file where the data directory should be")
     in_the_way = str(tmp_path / "file" / "data")
     for env, expected in (
-        ({}, f"error: cannot keep the generated JWT secret in {in_the_way}/jwt_secret"),
+        ({}, f"error: cannot use the database {in_the_way}/app.db"),
         (
             {"JWT_SECRET_KEY": "k" * 20 + "-a-configured-secret-0123456789"},
             f"error: cannot use the database {in_the_way}/app.db",

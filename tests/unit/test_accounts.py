@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Literal
 
 import pytest
@@ -37,8 +36,8 @@ class CountingHasher(PasswordHasher):
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    db = Database(tmp_path / "app.db")
+async def db(database_url: str) -> AsyncIterator[Database]:
+    db = Database(database_url)
     await db.open()
     yield db
     await db.close()

@@ -519,14 +519,30 @@ async def test_preflight_requests_without_credentials_never_fail(tmp_path: Path)
 # --- the JWT secret and the first admin ---------------------------------------------------------
 
 
-async def test_a_generated_secret_is_private_and_survives_a_restart(tmp_path: Path) -> None:
+async def test_a_generated_secret_is_kept_in_the_database_and_survives_a_restart(
+    tmp_path: Path,
+) -> None:
     async with AsyncTestClient(app=make_app(tmp_path)) as client:
         token = await login(client, ADMIN, ADMIN_PASSWORD)
-    secret_file = tmp_path / "data" / "jwt_secret"
-    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
-    assert len(secret_file.read_text().strip()) >= 32
+    assert not (tmp_path / "data" / "jwt_secret").exists(), "no per-replica file"
+    with sqlite3.connect(tmp_path / "data" / "app.db") as conn:
+        (secret,) = conn.execute("SELECT value FROM secrets WHERE name = 'jwt'").fetchone()
+    assert len(secret) >= 64
+    assert jwt.decode(token, secret, algorithms=["HS256"])["sub"]
     async with AsyncTestClient(app=make_app(tmp_path)) as client:
         assert (await client.get("/users/me", headers=bearer(token))).status_code == 200
+
+
+async def test_an_earlier_releases_secret_file_moves_into_the_database(tmp_path: Path) -> None:
+    earlier = "an-earlier-release-generated-this-" + "s" * 40
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "jwt_secret").write_text(earlier + "\n")
+    async with AsyncTestClient(app=make_app(tmp_path)) as client:
+        token = await login(client, ADMIN, ADMIN_PASSWORD)
+    assert jwt.decode(token, earlier, algorithms=["HS256"])["sub"], "old tokens stay valid"
+    with sqlite3.connect(tmp_path / "data" / "app.db") as conn:
+        (secret,) = conn.execute("SELECT value FROM secrets WHERE name = 'jwt'").fetchone()
+    assert secret == earlier
 
 
 async def test_a_configured_secret_signs_the_tokens(tmp_path: Path) -> None:
@@ -534,7 +550,8 @@ async def test_a_configured_secret_signs_the_tokens(tmp_path: Path) -> None:
     async with AsyncTestClient(app=make_app(tmp_path, JWT_SECRET_KEY=secret)) as client:
         token = await login(client, ADMIN, ADMIN_PASSWORD)
     assert jwt.decode(token, secret, algorithms=["HS256"])["sub"]
-    assert not (tmp_path / "data" / "jwt_secret").exists()
+    with sqlite3.connect(tmp_path / "data" / "app.db") as conn:
+        assert conn.execute("SELECT count(*) FROM secrets").fetchone() == (0,)
 
 
 @pytest.mark.parametrize(

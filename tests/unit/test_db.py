@@ -1,15 +1,19 @@
-"""The SQLite file: pragmas, versioned migrations, refusing a newer schema."""
+"""The database on both backends: migrations, refusing a newer schema, SQLite's safe settings
+and the upgrade of files from before Alembic."""
 
 from __future__ import annotations
 
+import asyncio
+import shutil
 import sqlite3
 import stat
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
-import app.db
-from app.db import SCHEMA_VERSION, Database, DatabaseUnavailable, SchemaTooNew
+from app.db import Database, DatabaseUnavailable, SchemaTooNew, legacy, migrate
+from app.db.tables import api_keys, usage, users
 
 
 def user_version(path: Path) -> int:
@@ -17,87 +21,164 @@ def user_version(path: Path) -> int:
         return int(conn.execute("PRAGMA user_version").fetchone()[0])
 
 
-async def test_a_new_database_gets_the_current_schema_and_safe_settings(tmp_path: Path) -> None:
+def new_user(name: str) -> sa.Insert:
+    return sa.insert(users).values(username=name, password_hash="h", created_at=0, subject=name)
+
+
+async def test_a_new_sqlite_database_gets_the_current_schema_and_safe_settings(
+    tmp_path: Path,
+) -> None:
     db = Database(tmp_path / "data" / "app.db")
     await db.open()
     try:
-        assert (await db.fetch_one("PRAGMA journal_mode"))[0] == "wal"  # type: ignore[index]
-        assert (await db.fetch_one("PRAGMA foreign_keys"))[0] == 1  # type: ignore[index]
-        assert (await db.fetch_one("PRAGMA synchronous"))[0] == 2  # type: ignore[index]  # FULL
+        assert await db.scalar(sa.text("PRAGMA journal_mode")) == "wal"
+        assert await db.scalar(sa.text("PRAGMA foreign_keys")) == 1
+        assert await db.scalar(sa.text("PRAGMA synchronous")) == 2  # FULL
+        assert await migrate.current(db) == migrate.head()
     finally:
         await db.close()
-    assert user_version(db.path) == SCHEMA_VERSION
+    assert db.path is not None
+    # A release from before Alembic reads this as a newer schema and refuses it.
+    assert user_version(db.path) == legacy.ALEMBIC_MARK
     assert stat.S_IMODE(db.path.stat().st_mode) == 0o600
     assert stat.S_IMODE(db.path.parent.stat().st_mode) == 0o700
 
 
-async def test_reopening_keeps_the_data(tmp_path: Path) -> None:
-    db = Database(tmp_path / "app.db")
+async def test_reopening_keeps_the_data(database_url: str) -> None:
+    db = Database(database_url)
     await db.open()
-    await db.execute(
-        "INSERT INTO users (username, password_hash, created_at, subject)"
-        " VALUES ('kim', 'h', 0, 's')"
+    await db.execute(new_user("kim"))
+    await db.close()
+    await db.open()
+    try:
+        assert await migrate.current(db) == migrate.head()
+        assert await db.scalar(sa.select(users.c.id).where(users.c.username == "kim")) == 1
+    finally:
+        await db.close()
+
+
+async def test_ids_are_never_reused_and_deletes_cascade(database_url: str) -> None:
+    db = Database(database_url)
+    await db.open()
+    try:
+        for name in ("a", "b"):
+            await db.execute(new_user(name))
+        await db.execute(
+            sa.insert(api_keys).values(
+                user_id=2, name="k", prefix="sk-", key_hash="hash", created_at=0
+            )
+        )
+        await db.execute(sa.insert(usage).values(user_id=2, day="2026-01-01", requests=3))
+        await db.execute(sa.delete(users).where(users.c.id == 2))
+        row = await db.execute_returning(new_user("c").returning(users.c.id))
+        assert row["id"] == 3, "a deleted account's id is never handed out again"
+        assert await db.scalar(sa.select(sa.func.count()).select_from(api_keys)) == 0
+        assert await db.scalar(sa.select(sa.func.count()).select_from(usage)) == 0
+        with pytest.raises(sa.exc.IntegrityError):  # unique regardless of case
+            await db.execute(new_user("A").values(subject="other"))
+    finally:
+        await db.close()
+
+
+async def test_replicas_starting_together_migrate_once(database_url: str) -> None:
+    replicas = [Database(database_url) for _ in range(4)]
+    await asyncio.gather(*(db.open() for db in replicas))
+    try:
+        for db in replicas:
+            assert await migrate.current(db) == migrate.head()
+    finally:
+        await asyncio.gather(*(db.close() for db in replicas))
+
+
+def scripts_with(tmp_path: Path, migration: str) -> Path:
+    """A copy of the migrations with one more revision after the head."""
+    scripts = tmp_path / "migrations"
+    shutil.copytree(migrate.SCRIPTS, scripts, ignore=shutil.ignore_patterns("__pycache__"))
+    head = migrate.head()
+    (scripts / "versions" / "9999_next.py").write_text(
+        f'"""The next release."""\nimport sqlalchemy as sa\nfrom alembic import op\n\n'
+        f'revision = "9999"\ndown_revision = "{head}"\nbranch_labels = None\n'
+        f"depends_on = None\n\n\ndef upgrade() -> None:\n{migration}\n"
     )
-    await db.close()
-    await db.open()
-    assert await db.fetch_one("SELECT 1 FROM users WHERE username = 'kim'") is not None
-    await db.close()
+    return scripts
 
 
 async def test_a_newer_release_migrates_an_older_database(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    db = Database(tmp_path / "app.db")
+    db = Database(database_url)
     await db.open()
     await db.close()
-    upgraded = (*app.db.MIGRATIONS, "ALTER TABLE users ADD COLUMN email TEXT;")
-    monkeypatch.setattr(app.db, "MIGRATIONS", upgraded)
-    monkeypatch.setattr(app.db, "SCHEMA_VERSION", len(upgraded))
+    scripts = scripts_with(tmp_path, '    op.add_column("users", sa.Column("email", sa.Text))')
+    monkeypatch.setattr(migrate, "SCRIPTS", scripts)
     await db.open()
-    await db.execute(
-        "INSERT INTO users (username, password_hash, created_at, subject, email)"
-        " VALUES ('a', 'h', 0, 's', 'e')"
-    )
-    await db.close()
-    assert user_version(db.path) == SCHEMA_VERSION + 1
+    try:
+        assert await migrate.current(db) == "9999"
+        await db.execute(sa.text("UPDATE users SET email = 'e'"))
+    finally:
+        await db.close()
 
 
 async def test_a_failing_migration_leaves_the_previous_schema_intact(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    db = Database(tmp_path / "app.db")
+    db = Database(database_url)
     await db.open()
     await db.close()
-    broken = (*app.db.MIGRATIONS, "CREATE TABLE extra (x); CREATE TABLE users (x);")
-    monkeypatch.setattr(app.db, "MIGRATIONS", broken)
-    monkeypatch.setattr(app.db, "SCHEMA_VERSION", len(broken))
-    with pytest.raises(DatabaseUnavailable, match=f"schema {SCHEMA_VERSION + 1} failed"):
+    before = migrate.head()
+    scripts = scripts_with(
+        tmp_path,
+        '    op.create_table("extra", sa.Column("x", sa.Integer))\n'
+        '    op.create_table("users", sa.Column("x", sa.Integer))',
+    )
+    monkeypatch.setattr(migrate, "SCRIPTS", scripts)
+    with pytest.raises(DatabaseUnavailable, match="users"):
         await db.open()
-    assert user_version(db.path) == SCHEMA_VERSION
-    with sqlite3.connect(db.path) as conn:
-        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
-    assert "extra" not in tables
+    monkeypatch.undo()
+    await db.open()
+    try:
+        assert await migrate.current(db) == before
+        tables = await db.engine.connect()
+        try:
+            names = await tables.run_sync(lambda c: sa.inspect(c).get_table_names())
+        finally:
+            await tables.close()
+        assert "extra" not in names
+    finally:
+        await db.close()
 
 
-async def test_an_older_release_refuses_a_newer_database(tmp_path: Path) -> None:
-    db = Database(tmp_path / "app.db")
+async def test_an_older_release_refuses_a_newer_database(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = Database(database_url)
+    monkeypatch.setattr(migrate, "SCRIPTS", scripts_with(tmp_path, "    pass"))
     await db.open()
     await db.close()
-    with sqlite3.connect(db.path) as conn:
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 3}")
+    monkeypatch.undo()
     with pytest.raises(SchemaTooNew) as caught:
         await db.open()
     message = str(caught.value)
-    assert f"schema {SCHEMA_VERSION + 3}" in message
-    assert f"knows up to {SCHEMA_VERSION}" in message
+    assert "schema 9999" in message
+    assert f"knows up to {migrate.head()}" in message
     with pytest.raises(RuntimeError):
-        await db.fetch_one("SELECT 1")
+        await db.fetch_one(sa.select(1))
 
 
-async def test_schema_2_upgrades_with_ids_never_reused_and_its_rows_kept(tmp_path: Path) -> None:
+def pre_alembic_file(path: Path, version: int) -> None:
+    """A database as a release before Alembic left it at ``version``."""
+    with sqlite3.connect(path) as conn:
+        conn.executescript(
+            "".join(legacy.MIGRATIONS[:version]) + f"PRAGMA user_version = {version};"
+        )
+
+
+async def test_a_schema_2_file_upgrades_with_ids_never_reused_and_its_rows_kept(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "app.db"
-    with sqlite3.connect(path) as conn:  # a database as the previous release left it
-        conn.executescript(app.db.MIGRATIONS[0] + app.db.MIGRATIONS[1] + "PRAGMA user_version = 2;")
+    pre_alembic_file(path, 2)
+    with sqlite3.connect(path) as conn:
         conn.execute("INSERT INTO users (username, password_hash, created_at) VALUES ('a', 'h', 0)")
         conn.execute("INSERT INTO users (username, password_hash, created_at) VALUES ('b', 'h', 0)")
         conn.execute(
@@ -108,22 +189,32 @@ async def test_schema_2_upgrades_with_ids_never_reused_and_its_rows_kept(tmp_pat
     db = Database(path)
     await db.open()
     try:
-        rows = await db.fetch_all("SELECT id, username, subject FROM users ORDER BY id")
+        assert await migrate.current(db) == migrate.head()
+        rows = await db.fetch_all(sa.select(users).order_by(users.c.id))
         assert [(r["id"], r["username"]) for r in rows] == [(1, "a"), (2, "b")]
         assert len({r["subject"] for r in rows}) == 2, "each account gets its own subject"
         # Rebuilding the users table must not cascade into the rows that reference it.
-        assert (await db.fetch_one("SELECT COUNT(*) FROM api_keys"))[0] == 1  # type: ignore[index]
-        assert (await db.fetch_one("SELECT requests FROM usage"))[0] == 3  # type: ignore[index]
-        assert (await db.fetch_one("PRAGMA foreign_keys"))[0] == 1  # type: ignore[index]
-        await db.execute("DELETE FROM users WHERE id = 2")
-        _, new_id = await db.execute(
-            "INSERT INTO users (username, password_hash, created_at, subject)"
-            " VALUES ('c', 'h', 0, 'c')"
-        )
-        assert new_id == 3, "a deleted account's id is never handed out again"
-        assert (await db.fetch_one("SELECT COUNT(*) FROM api_keys"))[0] == 0  # type: ignore[index]
+        assert await db.scalar(sa.select(sa.func.count()).select_from(api_keys)) == 1
+        assert await db.scalar(sa.select(usage.c.requests)) == 3
+        assert await db.scalar(sa.text("PRAGMA foreign_keys")) == 1
+        await db.execute(sa.delete(users).where(users.c.id == 2))
+        row = await db.execute_returning(new_user("c").returning(users.c.id))
+        assert row["id"] == 3, "a deleted account's id is never handed out again"
+        assert await db.scalar(sa.select(sa.func.count()).select_from(api_keys)) == 0
+        with pytest.raises(sa.exc.IntegrityError):  # still unique regardless of case
+            await db.execute(new_user("A").values(subject="other"))
     finally:
         await db.close()
+    assert user_version(path) == legacy.ALEMBIC_MARK
+
+
+async def test_a_file_with_an_unknown_user_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    pre_alembic_file(path, legacy.LAST_VERSION)
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA user_version = 99")
+    with pytest.raises(SchemaTooNew, match="user_version 99"):
+        await Database(path).open()
 
 
 @pytest.mark.parametrize("damage", ["not a database", "a directory in the way"])
@@ -138,4 +229,14 @@ async def test_an_unusable_database_is_one_sentence(tmp_path: Path, damage: str)
         await Database(path).open()
     message = str(caught.value)
     assert str(path) in message
+    assert "\n" not in message
+
+
+async def test_an_unreachable_server_is_one_sentence() -> None:
+    db = Database("postgresql+asyncpg://app:secret-password@127.0.0.1:9/app")
+    with pytest.raises(DatabaseUnavailable) as caught:
+        await db.open()
+    message = str(caught.value)
+    assert "postgresql://app:***@127.0.0.1:9/app" in message
+    assert "secret-password" not in message
     assert "\n" not in message

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from litestar.testing import AsyncTestClient
 
 from app.accounts.passwords import Passwords
+from app.db import Database
 from app.factory import build_services, create_app
 from tests.unit.fakes import FakeEngine
 from tests.unit.support import ADMIN, ADMIN_PASSWORD, bearer, login, settings_for
@@ -93,6 +96,25 @@ async def test_a_username_with_a_line_break_is_refused(tmp_path: Path, username:
         assert created.status_code == 400
 
 
+class ReadOnly:
+    """Makes every connection to a SQLite database read-only (``PRAGMA query_only``), as a full
+    disk would make every write fail."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._on = False
+        sa.event.listen(db.engine.sync_engine, "connect", self._connected)
+
+    def _connected(self, dbapi_connection: Any, _: object) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA query_only = {'ON' if self._on else 'OFF'}")
+        cursor.close()
+
+    async def set(self, on: bool) -> None:
+        self._on = on
+        await self._db.engine.dispose()  # the pool's connections are replaced by new ones
+
+
 async def test_an_answer_is_delivered_when_its_usage_cannot_be_written(tmp_path: Path) -> None:
     settings = settings_for(tmp_path)
     services = build_services(settings, engine=FakeEngine())
@@ -100,13 +122,14 @@ async def test_an_answer_is_delivered_when_its_usage_cannot_be_written(tmp_path:
     async with AsyncTestClient(app=create_app(settings, services)) as client:
         admin = bearer(await login(client, ADMIN, ADMIN_PASSWORD))
         db = services.db
-        await db.execute("PRAGMA query_only = ON")  # every write now fails, as on a full disk
+        read_only = ReadOnly(db)
+        await read_only.set(True)  # every write now fails, as on a full disk
         answer = await client.post("/v1/chat/completions", json=chat, headers=admin)
         assert answer.status_code == 200, answer.text
         assert answer.json()["choices"][0]["message"]["content"] == " one two three four"
         metrics = (await client.get("/metrics", headers=admin)).text
         assert "llm_usage_write_failures_total 1.0" in metrics
-        await db.execute("PRAGMA query_only = OFF")  # space again: the held row goes in next
+        await read_only.set(False)  # space again: the held row goes in next
         assert (await client.post("/v1/chat/completions", json=chat, headers=admin)).is_success
         usage = (await client.get("/users/me/usage", headers=admin)).json()
         assert usage["days"][0]["requests"] == 2

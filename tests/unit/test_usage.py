@@ -9,12 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from litestar.testing import AsyncTestClient
 
 from app.accounts.limits import Limits
 from app.accounts.schemas import User
 from app.accounts.usage import UsageLedger
 from app.db import Database
+from app.db.tables import users
 from app.errors import RequestRateLimited, TokenRateLimited
 from app.factory import create_app
 from tests.unit.fakes import FakeEngine
@@ -162,14 +164,15 @@ def someone(user_id: int = 1, name: str = "u") -> User:
 
 
 async def test_the_minute_slides_and_the_day_turns_at_utc_midnight(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    db = Database(tmp_path / "app.db")
+    db = Database(database_url)
     await db.open()
     try:
         await db.execute(
-            "INSERT INTO users (id, username, password_hash, created_at, subject)"
-            " VALUES (1, 'u', 'x', 0, 's')"
+            sa.insert(users).values(
+                id=1, username="u", password_hash="x", created_at=0, subject="s"
+            )
         )
         wall = Clock(1_795_651_190.0)  # 10 s before a UTC midnight
         monkeypatch.setattr(time, "time", wall)  # the moving window's clock
@@ -279,13 +282,14 @@ async def test_generations_are_queued_under_their_user(tmp_path: Path) -> None:
     assert engine.owners == [me["id"]] * 3  # the engine gives owners turns (test_batching.py)
 
 
-async def test_concurrent_records_of_one_user_are_all_written(tmp_path: Path) -> None:
-    db = Database(tmp_path / "app.db")
+async def test_concurrent_records_of_one_user_are_all_written(database_url: str) -> None:
+    db = Database(database_url)
     await db.open()
     try:
         await db.execute(
-            "INSERT INTO users (id, username, password_hash, created_at, subject)"
-            " VALUES (1, 'u', 'x', 0, 's')"
+            sa.insert(users).values(
+                id=1, username="u", password_hash="x", created_at=0, subject="s"
+            )
         )
         ledger = UsageLedger(db)
         await asyncio.gather(*(ledger.record(1, 3, 2) for _ in range(50)))

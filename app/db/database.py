@@ -1,0 +1,213 @@
+"""The database: one SQLAlchemy async engine over SQLite (aiosqlite) or PostgreSQL (asyncpg).
+
+SQLite is the embedded default (``app.db`` in the data directory, nothing to run); PostgreSQL is
+for several replicas sharing one user store. The stores write SQLAlchemy Core statements, which
+each backend renders in its own dialect. Opening the database brings its schema up to date
+(``app.db.migrate``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, RowMapping, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+logger = logging.getLogger(__name__)
+
+# Errors that mean the database cannot be reached or used right now, rather than a bad statement.
+UNAVAILABLE = (sa.exc.OperationalError, sa.exc.InterfaceError, OSError)
+
+
+class SchemaTooNew(Exception):
+    """The database was migrated by a newer release than this one."""
+
+
+class DatabaseUnavailable(Exception):
+    """The database cannot be opened, written or read."""
+
+    def __init__(self, where: str, cause: BaseException, *, hint: str) -> None:
+        cause = getattr(cause, "orig", None) or cause  # SQLAlchemy's wrapper: the driver's error
+        reason = getattr(cause, "strerror", None) or str(cause).strip().splitlines()[0]
+        super().__init__(f"cannot use the database {where}: {reason}; {hint}")
+
+
+def database_url(url: str | URL | None, data_dir: Path) -> URL:
+    """``APP_DATABASE_URL`` as SQLAlchemy's async URL; unset: ``app.db`` in ``data_dir``."""
+    parsed = make_url(url or f"sqlite:///{data_dir / 'app.db'}")
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return parsed.set(drivername="sqlite+aiosqlite")
+    if backend in ("postgresql", "postgres"):
+        return parsed.set(drivername="postgresql+asyncpg")
+    raise ValueError(f"unsupported database {backend!r}: use sqlite:/// or postgresql://")
+
+
+class Database:
+    """The engine, opened (and migrated) by ``open`` or the app's lifespan.
+
+    Every ``execute`` is one transaction, committed on return; ``transaction`` groups several.
+    """
+
+    def __init__(self, url: str | URL | Path) -> None:
+        """``url``: a database URL (see ``database_url``), or a SQLite file's path."""
+        self.url = database_url(f"sqlite:///{url}" if isinstance(url, Path) else url, Path())
+        self._engine: AsyncEngine | None = None
+
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self.url.get_backend_name()
+
+    @property
+    def path(self) -> Path | None:
+        """The SQLite file, or None for a database server."""
+        return Path(self.url.database or "") if self.dialect == "sqlite" else None
+
+    @property
+    def where(self) -> str:
+        """The database, for messages: the file, or the URL without its password."""
+        if self.path is not None:
+            return str(self.path)
+        return self.url.set(drivername=self.dialect).render_as_string(hide_password=True)
+
+    def _unavailable(self, exc: BaseException) -> DatabaseUnavailable:
+        if self.path is not None:
+            hint = (
+                "check that APP_DATA_DIR is a writable directory and that the file is an intact "
+                "SQLite database (restore a backup if not)."
+            )
+        else:
+            hint = "check APP_DATABASE_URL and that the server is up and accepts this user."
+        return DatabaseUnavailable(self.where, exc, hint=hint)
+
+    async def open(self) -> None:
+        """Connects and brings the schema up to date (``app.db.migrate``).
+
+        Raises ``DatabaseUnavailable`` with one sentence naming the database when it cannot be
+        reached or is not a database, and ``SchemaTooNew`` for a newer release's database.
+        """
+        from app.db import migrate  # Alembic is only needed here
+
+        path = self.path
+        try:
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._engine = self._make_engine()
+            await migrate.upgrade(self)
+            if path is not None:
+                os.chmod(path, 0o600)
+        except BaseException as exc:
+            await self.close()
+            if isinstance(exc, migrate.LegacyError):
+                raise self._unavailable(exc.__cause__ or exc) from None
+            if isinstance(exc, sa.exc.DBAPIError | OSError | sa.exc.ArgumentError):
+                raise self._unavailable(exc) from None
+            raise
+
+    def _make_engine(self) -> AsyncEngine:
+        if self.dialect != "sqlite":
+            return create_async_engine(
+                self.url,
+                pool_size=8,
+                max_overflow=8,
+                # A connection the server closed (a restart, an idle timeout) is replaced.
+                pool_pre_ping=True,
+                connect_args={"timeout": 10},
+            )
+        engine = create_async_engine(self.url)
+
+        @sa.event.listens_for(engine.sync_engine, "connect")
+        def _on_connect(dbapi_connection: Any, _: object) -> None:
+            # The driver's own transaction handling is off; SQLAlchemy's BEGIN (below) makes
+            # each transaction, DDL included, all-or-nothing.
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            for pragma in (
+                # First: switching to WAL waits for other connections' locks too.
+                "PRAGMA busy_timeout = 5000",
+                "PRAGMA journal_mode = WAL",
+                "PRAGMA foreign_keys = ON",
+                # FULL: a committed row survives power loss too, not only a crash.
+                "PRAGMA synchronous = FULL",
+            ):
+                cursor.execute(pragma)
+            cursor.close()
+
+        @sa.event.listens_for(engine.sync_engine, "begin")
+        def _on_begin(connection: sa.Connection) -> None:
+            # BEGIN IMMEDIATE (execution option sqlite_begin="IMMEDIATE") takes the write lock
+            # at once, for a transaction that reads before it writes while other processes
+            # write: a deferred one would fail as soon as its snapshot went stale.
+            mode = connection.get_execution_options().get("sqlite_begin", "")
+            connection.exec_driver_sql(f"BEGIN {mode}".strip())
+
+        return engine
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _: object) -> AsyncIterator[None]:
+        """The app's lifespan: open (and migrated) while it runs."""
+        await self.open()
+        try:
+            yield
+        finally:
+            await self.close()
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise RuntimeError("the database is not open")
+        return self._engine
+
+    def insert(self, table: sa.Table) -> Any:
+        """An INSERT in this backend's dialect, which has ``on_conflict_do_update`` and
+        ``on_conflict_do_nothing`` (the same API on SQLite and PostgreSQL)."""
+        return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        """One connection in one transaction, committed when the block ends without error."""
+        async with self.engine.begin() as connection:
+            yield connection
+
+    async def fetch_one(self, statement: sa.Executable) -> RowMapping | None:
+        """The first row of a query, or None."""
+        async with self.engine.connect() as connection:
+            result = await connection.execute(statement)
+            return result.mappings().first()
+
+    async def fetch_all(self, statement: sa.Executable) -> Sequence[RowMapping]:
+        """Every row of a query."""
+        async with self.engine.connect() as connection:
+            result = await connection.execute(statement)
+            return result.mappings().all()
+
+    async def scalar(self, statement: sa.Executable) -> Any:
+        """The first column of the first row, or None."""
+        async with self.engine.connect() as connection:
+            return await connection.scalar(statement)
+
+    async def execute(self, statement: sa.Executable) -> int:
+        """Runs one statement, committed on return; the number of rows it changed."""
+        async with self.engine.begin() as connection:
+            result = await connection.execute(statement)
+            return int(result.rowcount)
+
+    async def execute_returning(self, statement: sa.Executable) -> RowMapping:
+        """Runs one statement with a RETURNING clause, committed on return; its one row."""
+        async with self.engine.begin() as connection:
+            result = await connection.execute(statement)
+            return result.mappings().one()
+
+    async def close(self) -> None:
+        """Closes every connection, if open."""
+        if self._engine is not None:
+            engine, self._engine = self._engine, None
+            await engine.dispose()
