@@ -39,11 +39,38 @@ def embedding_model_file() -> Path:
     return path
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """Where a test's user database lives, once on each backend: a SQLite file, and a fresh
-    database on the session's real PostgreSQL server (tests/realservers.py)."""
-    if request.param == "sqlite":
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests that use ``backend`` (through ``database_url`` or ``each_database``) run once on
+    SQLite and once on PostgreSQL; ``@pytest.mark.sqlite_only`` ones (which read the SQLite file
+    itself) on SQLite alone."""
+    if "backend" in metafunc.fixturenames:
+        only_sqlite = metafunc.definition.get_closest_marker("sqlite_only") is not None
+        backends = ["sqlite"] if only_sqlite else ["sqlite", "postgresql"]
+        metafunc.parametrize("backend", backends, indirect=True)
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+def database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a test's user database lives: a SQLite file, or a fresh database on the session's
+    real PostgreSQL server (tests/realservers.py)."""
+    if backend == "sqlite":
         return f"sqlite:///{tmp_path / 'data' / 'app.db'}"
     url: str = request.getfixturevalue("postgres_db_url")
     return url
+
+
+@pytest.fixture
+def each_database(backend: str, database_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``settings_for`` (tests/unit/support.py) puts the app's database on each backend in turn:
+    a module opts in with ``pytestmark = pytest.mark.usefixtures("each_database")``."""
+    from tests.unit import support
+
+    if backend == "postgresql":
+        monkeypatch.setattr(support, "DATABASE_URL", database_url)
+    return backend

@@ -42,6 +42,8 @@ class FirstAdmin:
         generated = await self._accounts.ensure_admin(self._username, self._password)
         if generated is None:
             return
+        # With a database server the data directory holds nothing else, and may not exist yet.
+        self._data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = self._data_dir / ADMIN_PASSWORD_FILE
         path.unlink(missing_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -15,10 +15,16 @@ from app.settings import Settings
 ADMIN, ADMIN_PASSWORD = "admin", "admin-password-1"
 
 
+# Set by the ``each_database`` fixture (tests/conftest.py) while a test runs on PostgreSQL.
+DATABASE_URL: str | None = None
+
+
 def settings_for(tmp_path: Path, **env: str) -> Settings:
-    """Settings with the database under ``tmp_path`` and a known admin password."""
+    """Settings with the database under ``tmp_path`` (or on ``DATABASE_URL``) and a known
+    admin password."""
     values = {
         "APP_DATA_DIR": str(tmp_path / "data"),
+        **({"APP_DATABASE_URL": DATABASE_URL} if DATABASE_URL else {}),
         "APP_ADMIN_PASSWORD": ADMIN_PASSWORD,
         # Cheap hashing keeps the suite quick; the defaults are tested in test_accounts.py.
         "APP_PASSWORD_HASH_MEMORY_KIB": "1024",

@@ -7,7 +7,6 @@ import json
 import logging
 import re
 import sqlite3
-import stat
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,6 +22,9 @@ from app.factory import create_app
 from app.settings import ConfigError
 from tests.unit.fakes import FakeEngine
 from tests.unit.support import ADMIN, ADMIN_PASSWORD, bearer, login, settings_for
+
+# The accounts behind these tests live on SQLite and on a real PostgreSQL in turn.
+pytestmark = pytest.mark.usefixtures("each_database")
 
 MODEL = "tinyllama-1.1b"
 BOB, BOB_PASSWORD = "bob", "bob-password-1"
@@ -266,6 +268,7 @@ async def test_api_key_lifecycle(client: AsyncTestClient[Any], tmp_path: Path) -
     assert_error(again, 404, code="not_found")
 
 
+@pytest.mark.sqlite_only
 async def test_api_keys_are_stored_only_as_a_hash(
     client: AsyncTestClient[Any], tmp_path: Path
 ) -> None:
@@ -348,6 +351,7 @@ async def test_disabling_ends_tokens_and_api_keys_until_enabled(
     assert await login(client, BOB, BOB_PASSWORD)
 
 
+@pytest.mark.sqlite_only
 async def test_deleting_a_user_deletes_their_keys_and_ends_their_tokens(
     client: AsyncTestClient[Any], tmp_path: Path
 ) -> None:
@@ -519,6 +523,7 @@ async def test_preflight_requests_without_credentials_never_fail(tmp_path: Path)
 # --- the JWT secret and the first admin ---------------------------------------------------------
 
 
+@pytest.mark.sqlite_only
 async def test_a_generated_secret_is_kept_in_the_database_and_survives_a_restart(
     tmp_path: Path,
 ) -> None:
@@ -533,6 +538,7 @@ async def test_a_generated_secret_is_kept_in_the_database_and_survives_a_restart
         assert (await client.get("/users/me", headers=bearer(token))).status_code == 200
 
 
+@pytest.mark.sqlite_only
 async def test_an_earlier_releases_secret_file_moves_into_the_database(tmp_path: Path) -> None:
     earlier = "an-earlier-release-generated-this-" + "s" * 40
     (tmp_path / "data").mkdir()
@@ -545,6 +551,7 @@ async def test_an_earlier_releases_secret_file_moves_into_the_database(tmp_path:
     assert secret == earlier
 
 
+@pytest.mark.sqlite_only
 async def test_a_configured_secret_signs_the_tokens(tmp_path: Path) -> None:
     secret = "configured-secret-" + "q" * 20 + "0123456789"
     async with AsyncTestClient(app=make_app(tmp_path, JWT_SECRET_KEY=secret)) as client:

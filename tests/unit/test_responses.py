@@ -23,6 +23,9 @@ from tests.unit.support import (
     weather_call_words,
 )
 
+# The accounts behind these tests live on SQLite and on a real PostgreSQL in turn.
+pytestmark = pytest.mark.usefixtures("each_database")
+
 MODEL = "tinyllama-1.1b"
 TOOL = {
     "type": "function",
@@ -146,6 +149,7 @@ async def test_not_stored_is_not_kept(client: AsyncTestClient[Any]) -> None:
     assert (await client.get(f"/v1/responses/{response['id']}")).status_code == 404
 
 
+@pytest.mark.sqlite_only
 async def test_deleting_a_user_deletes_their_responses(
     client: AsyncTestClient[Any], tmp_path: Path
 ) -> None:

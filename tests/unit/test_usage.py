@@ -22,6 +22,9 @@ from app.factory import create_app
 from tests.unit.fakes import FakeEngine
 from tests.unit.support import ADMIN, ADMIN_PASSWORD, bearer, login, settings_for
 
+# The accounts behind these tests live on SQLite and on a real PostgreSQL in turn.
+pytestmark = pytest.mark.usefixtures("each_database")
+
 MODEL = "tinyllama-1.1b"
 BODY = {"model": MODEL, "prompt": "a b", "max_tokens": 16}
 
@@ -131,6 +134,7 @@ async def test_an_admin_sets_per_user_limits_and_sees_everyones_usage(tmp_path: 
         assert old.json() == []
 
 
+@pytest.mark.sqlite_only
 async def test_usage_is_committed_per_request(tmp_path: Path) -> None:
     settings = settings_for(tmp_path)
     async with AsyncTestClient(app=create_app(settings, engine=FakeEngine())) as client:
