@@ -205,7 +205,9 @@ class Settings(
         str,
         Meta(
             min_length=1,
-            description="Directory for the SQLite user database (unless APP_DATABASE_URL says otherwise).",
+            description=(
+                "Directory for the SQLite user database (unless APP_DATABASE_URL says otherwise)."
+            ),
         ),
     ] = "./data"
     registration: Annotated[

@@ -421,6 +421,71 @@ def embeddings_workload(args: argparse.Namespace) -> int:
     return 0 if min(cosines) > 0.999 else 1
 
 
+def shared_workload(args: argparse.Namespace, levels: list[int]) -> int:
+    """The same streaming load on SQLite + in-memory limits and on PostgreSQL + Valkey, both
+    served at once and loaded in turn (twice each), with every limit switched on (set too high
+    to trip) so that each request's API-key lookup and limit checks go through the stores."""
+    from tests.realservers import _find_binary, find_postgres_bindir, run_postgres, run_redis
+
+    bindir = find_postgres_bindir()
+    redis_binary = _find_binary("REALSERVERS_REDIS_SERVER", "valkey-server", "redis-server")
+    if bindir is None or redis_binary is None:
+        raise SystemExit("needs Debian's postgresql and redis-server (scripts/test installs them)")
+    c = max(levels)
+    limits = {
+        "APP_REQUESTS_PER_MINUTE": "100000",
+        "APP_TOKENS_PER_DAY": "100000000",
+        "APP_CONCURRENT_PER_USER": str(c),
+    }
+    print(
+        f"model {args.model.name}, {args.threads} threads, {args.requests} requests of "
+        f"{args.max_tokens} tokens at C={c}, each store twice, in turn"
+    )
+    rates: dict[str, list[float]] = {}
+    ttfts: dict[str, list[float]] = {}
+    with (
+        # Durable, like the SQLite side (synchronous=FULL): a committed row survives a crash.
+        run_postgres(bindir, durable=True) as postgres,
+        run_redis(redis_binary) as redis,
+        tempfile.TemporaryDirectory() as data,
+    ):
+        setups = {
+            "sqlite + memory": {},
+            "postgresql + valkey": {
+                "APP_DATABASE_URL": postgres.url(),
+                "APP_REDIS_URL": redis.url,
+            },
+        }
+        services = {}
+        try:
+            for name, extra in setups.items():
+                folder = Path(data) / name.split()[0]
+                folder.mkdir()
+                process, url = start_service(
+                    args.model, args.threads, c, args.context, str(folder), **limits, **extra
+                )
+                services[name] = (process, url, api_key(url))
+                asyncio.run(load(url, services[name][2], 1, 8, 1))  # warm up
+            for _ in range(2):
+                for name, (_, url, key) in services.items():
+                    run, elapsed = asyncio.run(load(url, key, c, args.max_tokens, args.requests))
+                    rates.setdefault(name, []).append(run.tokens / elapsed)
+                    ttfts.setdefault(name, []).append(percentile(run.ttft, 0.5) * 1000)
+        finally:
+            for process, _, _ in services.values():
+                process.terminate()
+                process.wait(timeout=60)
+    print("{:<20} {:>9} {:>9} {:>10}".format("stores", "tokens/s", "(runs)", "TTFT p50"))
+    for name, values in rates.items():
+        runs = "/".join(f"{v:.0f}" for v in values)
+        ttft = sum(ttfts[name]) / len(ttfts[name])
+        print(f"{name:<20} {sum(values) / len(values):>9.1f} {runs:>9} {ttft:>8.0f}ms")
+    local, shared = (sum(rates[name]) / len(rates[name]) for name in setups)
+    ratio = shared / local
+    print(f"\npostgresql + valkey / sqlite + memory: {ratio:.3f} (target: at least 0.95)")
+    return 0
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -428,7 +493,7 @@ def free_port() -> int:
 
 
 def start_service(
-    model: Path, threads: int, parallel: int, context: int, data: str
+    model: Path, threads: int, parallel: int, context: int, data: str, **extra: str
 ) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {
@@ -445,6 +510,7 @@ def start_service(
         "APP_REQUESTS_PER_MINUTE": "0",  # one client sends every request: no per-user limits
         "APP_TOKENS_PER_DAY": "0",
         "APP_CONCURRENT_PER_USER": "0",
+        **extra,
     }
     process = subprocess.Popen([sys.executable, "-m", "app", "serve"], env=env, cwd=data)
     url = f"http://127.0.0.1:{port}"
@@ -494,12 +560,13 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=32, help="requests per concurrency level")
     parser.add_argument(
         "--workload",
-        choices=["stream", "tools", "followup", "embeddings"],
+        choices=["stream", "tools", "followup", "embeddings", "shared"],
         default="stream",
         help="stream: completions against the in-process baseline; tools: grammar-constrained "
         "tool calls against free text; followup: a /v1/responses follow-up through "
         "previous_response_id against the same conversation sent cold; embeddings: batched "
-        "/v1/embeddings against one Llama(embedding=True) call a passage",
+        "/v1/embeddings against one Llama(embedding=True) call a passage; shared: the stream load "
+        "at the highest concurrency on PostgreSQL + Valkey against SQLite + memory",
     )
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -509,6 +576,8 @@ def main() -> int:
         return followup_workload(args)
     if args.workload == "embeddings":
         return embeddings_workload(args)
+    if args.workload == "shared":
+        return shared_workload(args, levels)
 
     print(
         f"model {args.model.name}, {args.threads} threads, {args.requests} requests of "

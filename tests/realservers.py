@@ -285,6 +285,8 @@ class PostgresServer:
     run_as: _RunAs
     proc: subprocess.Popen[bytes] | None = None
     _names: Iterator[int] = field(default_factory=itertools.count)
+    # Durable: fsync and synchronous commits on, as a production server runs (the benchmark).
+    durable: bool = False
 
     @property
     def datadir(self) -> Path:
@@ -356,7 +358,10 @@ class PostgresServer:
         self.run_as.give(self.log)
         argv = [str(self.bindir / "postgres"), "-D", str(self.datadir), "-p", str(port)]
         argv += ["-k", str(self.sockdir)]
-        for setting in POSTGRES_SETTINGS.items():
+        settings = dict(POSTGRES_SETTINGS)
+        if self.durable:
+            settings.update(fsync="on", synchronous_commit="on", full_page_writes="on")
+        for setting in settings.items():
             argv += ["-c", "=".join(setting)]
         # SIGQUIT if pytest dies: immediate shutdown, children and all.
         self.proc = _spawn(
@@ -377,14 +382,14 @@ class PostgresServer:
 
 
 @contextlib.contextmanager
-def run_postgres(bindir: Path) -> Iterator[PostgresServer]:
+def run_postgres(bindir: Path, *, durable: bool = False) -> Iterator[PostgresServer]:
     """An initialised, running cluster with databases ``app`` and ``app_template``."""
     run_as = _postgres_account()
     root = _server_dir("pg", run_as)
     server: PostgresServer | None = None
     try:
         t0 = time.monotonic()
-        server = PostgresServer(bindir, root, 0, run_as)
+        server = PostgresServer(bindir, root, 0, run_as, durable=durable)
         server.initdb()
         _timed("postgres initdb", t0)
         t1 = time.monotonic()

@@ -8,9 +8,11 @@ each backend renders in its own dialect. Opening the database brings its schema 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,9 +36,21 @@ class DatabaseUnavailable(Exception):
     """The database cannot be opened, written or read."""
 
     def __init__(self, where: str, cause: BaseException, *, hint: str) -> None:
-        cause = getattr(cause, "orig", None) or cause  # SQLAlchemy's wrapper: the driver's error
-        reason = getattr(cause, "strerror", None) or str(cause).strip().splitlines()[0]
-        super().__init__(f"cannot use the database {where}: {reason}; {hint}")
+        super().__init__(f"cannot use the database {where}: {_reason(cause)}; {hint}")
+
+
+def _refused_for_good(error: BaseException) -> bool:
+    """A wrong password, user or database name: waiting would not help."""
+    orig = getattr(error, "orig", None)
+    code = str(getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None) or "")
+    return code.startswith("28") or code == "3D000"
+
+
+def _reason(error: BaseException) -> str:
+    """An error's first line, the driver's own where SQLAlchemy wrapped it."""
+    cause = getattr(error, "orig", None) or error
+    text = getattr(cause, "strerror", None) or str(cause).strip()
+    return (text.splitlines() or [type(cause).__name__])[0]
 
 
 def database_url(url: str | URL | None, data_dir: Path) -> URL:
@@ -56,8 +70,11 @@ class Database:
     Every ``execute`` is one transaction, committed on return; ``transaction`` groups several.
     """
 
-    def __init__(self, url: str | URL | Path) -> None:
-        """``url``: a database URL (see ``database_url``), or a SQLite file's path."""
+    def __init__(self, url: str | URL | Path, *, connect_wait: float = 30.0) -> None:
+        """``url``: a database URL (see ``database_url``), or a SQLite file's path.
+        ``connect_wait``: seconds ``open`` waits for a database server that is not up yet
+        (started beside the service, it may take a while to accept connections)."""
+        self._connect_wait = connect_wait
         self.url = database_url(f"sqlite:///{url}" if isinstance(url, Path) else url, Path())
         self._engine: AsyncEngine | None = None
 
@@ -101,6 +118,8 @@ class Database:
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._engine = self._make_engine()
+            if path is None:
+                await self._reachable()
             await migrate.upgrade(self)
             if path is not None:
                 os.chmod(path, 0o600)
@@ -111,6 +130,19 @@ class Database:
             if isinstance(exc, sa.exc.DBAPIError | OSError | sa.exc.ArgumentError):
                 raise self._unavailable(exc) from None
             raise
+
+    async def _reachable(self) -> None:
+        """Waits up to ``connect_wait`` seconds for the server to accept a connection."""
+        deadline = time.monotonic() + self._connect_wait
+        while True:
+            try:
+                async with self.engine.connect():
+                    return
+            except (sa.exc.DBAPIError, OSError) as exc:
+                if time.monotonic() >= deadline or _refused_for_good(exc):
+                    raise
+                logger.warning("waiting for the database %s: %s", self.where, _reason(exc))
+                await asyncio.sleep(2)
 
     def _make_engine(self) -> AsyncEngine:
         if self.dialect != "sqlite":

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from app.db import Database, DatabaseUnavailable, SchemaTooNew, legacy, migrate
 from app.db.tables import api_keys, usage, users
+from tests.realservers import PostgresServer
 
 
 def user_version(path: Path) -> int:
@@ -232,8 +233,34 @@ async def test_an_unusable_database_is_one_sentence(tmp_path: Path, damage: str)
     assert "\n" not in message
 
 
+async def test_a_server_that_comes_up_late_is_waited_for(
+    postgres_server: PostgresServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    name = postgres_server.create_database()
+    # Connections are refused until the server "comes up", as while a container starts.
+    postgres_server.psql(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+    db = Database(postgres_server.url(name), connect_wait=30)
+    opening = asyncio.create_task(db.open())
+    async with asyncio.timeout(30):
+        while "waiting for the database" not in caplog.text:  # noqa: ASYNC110 - a log line
+            await asyncio.sleep(0.1)
+    postgres_server.psql(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+    await opening
+    try:
+        assert await migrate.current(db) == migrate.head()
+    finally:
+        await db.close()
+        postgres_server.drop_database(name)
+
+
+async def test_a_wrong_password_is_not_waited_for(postgres_server: PostgresServer) -> None:
+    url = postgres_server.url().replace(":postgres@", ":wrong-password@")
+    with pytest.raises(DatabaseUnavailable, match="password"):
+        await Database(url, connect_wait=600).open()
+
+
 async def test_an_unreachable_server_is_one_sentence() -> None:
-    db = Database("postgresql+asyncpg://app:secret-password@127.0.0.1:9/app")
+    db = Database("postgresql+asyncpg://app:secret-password@127.0.0.1:9/app", connect_wait=0)
     with pytest.raises(DatabaseUnavailable) as caught:
         await db.open()
     message = str(caught.value)
