@@ -20,14 +20,17 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from types import FrameType
 
 import msgspec
 import uvicorn
 from sqlalchemy.exc import ArgumentError
 
+from app.accounts.auth import configured_jwt_secret
 from app.accounts.schemas import NewUser, UserUpdate
 from app.accounts.service import AccountService, AdminBootstrapError
+from app.accounts.signing import SigningSecret
 from app.db import Database, DatabaseUnavailable, SchemaTooNew
 from app.errors import ModelNotFound, ServiceError
 from app.factory import account_service, build_services, catalog_for, create_app, database
@@ -115,7 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     db.add_parser(
         "copy",
         help="Copy every user, API key, usage row, stored response and the JWT secret into "
-        "another, empty database (migrated first); the configured one is only read.",
+        "another, empty database; both are first migrated to this release's schema.",
     ).add_argument(
         "--to",
         required=True,
@@ -264,8 +267,18 @@ async def _db(settings: Settings, args: argparse.Namespace) -> int:
             return 0
         try:
             target = Database(args.to)
-        except (ValueError, ArgumentError) as exc:
-            raise ConfigError(f"--to: {exc}") from None
+        except (ValueError, ArgumentError):
+            raise ConfigError(
+                "--to is not a database URL this service takes: use "
+                "postgresql://USER:PASSWORD@HOST[:PORT]/DB or sqlite:///PATH"
+            ) from None
+        # A secret still in an earlier release's file goes into the source first, and so across.
+        await SigningSecret(
+            source,
+            configured=configured_jwt_secret(settings),
+            algorithm=settings.algorithm,
+            data_dir=Path(settings.data_dir),
+        ).carry()
         await target.open()
         try:
             copied = await copy_database(source, target)
@@ -276,6 +289,8 @@ async def _db(settings: Settings, args: argparse.Namespace) -> int:
             await target.close()
         rows = ", ".join(f"{count} {table}" for table, count in copied.items())
         print(f"copied {rows} from {source.where} to {target.where}")
+        if settings.jwt_secret_key:
+            print("tokens are signed with JWT_SECRET_KEY: give the replicas the same one")
         return 0
     finally:
         await source.close()

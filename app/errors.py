@@ -19,7 +19,6 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import ResponseSpec
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ExceptionHandlersMap
-from sqlalchemy import exc as sa_exc
 
 from app.validation import located
 
@@ -260,7 +259,8 @@ class LimitsUnavailable(ServiceError):
 
 
 class DatabaseDown(ServiceError):
-    """The database does not answer (a server restarting, a full disk): nothing was changed."""
+    """The database does not answer (a server stopped or restarting, no free connection): the
+    statement that met it was not committed (``app.db`` raises this)."""
 
     status_code = 503
     error_type = "unavailable_error"
@@ -392,16 +392,6 @@ def _undecodable_body(_: Request[Any, Any, Any], exc: Exception) -> Response[Err
     return error_response(400, message)
 
 
-def _database_down(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorResponse]:
-    logger.error(
-        "the database does not answer on %s %s: %s",
-        request.method,
-        request.url.path,
-        str(getattr(exc, "orig", None) or exc).strip().splitlines()[0],
-    )
-    return _service_error(request, DatabaseDown())
-
-
 def _unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorResponse]:
     logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(
@@ -465,11 +455,6 @@ exception_handlers: ExceptionHandlersMap = {
     HTTPException: _in_protocol_shape(_http_error),
     UnicodeDecodeError: _in_protocol_shape(_undecodable_body),
     RecursionError: _in_protocol_shape(_undecodable_body),
-    # A database server that went away or a pool with no free connection: a 503, not a 500.
-    sa_exc.OperationalError: _in_protocol_shape(_database_down),
-    sa_exc.InterfaceError: _in_protocol_shape(_database_down),
-    sa_exc.TimeoutError: _in_protocol_shape(_database_down),
-    ConnectionError: _in_protocol_shape(_database_down),
     Exception: _in_protocol_shape(_unexpected_error),
 }
 

@@ -91,8 +91,12 @@ def database(settings: Settings) -> Database:
     """The user database: ``APP_DATABASE_URL``, or ``app.db`` in the data directory."""
     try:
         return Database(database_url(settings.database_url, Path(settings.data_dir)))
-    except (ValueError, ArgumentError) as exc:
-        raise ConfigError(f"APP_DATABASE_URL: {exc}") from None
+    except (ValueError, ArgumentError):
+        # The value is not repeated: it may hold a password.
+        raise ConfigError(
+            "APP_DATABASE_URL is not a database URL this service takes: use "
+            "postgresql://USER:PASSWORD@HOST[:PORT]/DB or sqlite:///PATH"
+        ) from None
 
 
 def account_service(settings: Settings, db: Database) -> AccountService:

@@ -233,7 +233,7 @@ def _executable(path: str) -> bool:
     return os.path.isfile(path) and os.access(path, os.X_OK)
 
 
-def _find_binary(env_var: str, *candidates: str) -> str | None:
+def find_binary(env_var: str, *candidates: str) -> str | None:
     """$env_var if set (None when it is not executable), else the first candidate found."""
     if os.environ.get(env_var):
         return os.environ[env_var] if _executable(os.environ[env_var]) else None
@@ -697,7 +697,7 @@ def postgres_db_url(postgres_server: PostgresServer) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
-    binary = _find_binary("REALSERVERS_REDIS_SERVER", "valkey-server", "redis-server")
+    binary = find_binary("REALSERVERS_REDIS_SERVER", "valkey-server", "redis-server")
     if binary is None:
         pytest.fail("neither valkey-server nor redis-server found: apt-get install redis-server")
     with run_redis(binary) as server:
@@ -719,7 +719,7 @@ def redis_clean_url(redis_server: RedisServer) -> str:
 @pytest.fixture
 def haproxy() -> Iterator[Callable[..., HAProxy]]:
     """Factory: ``haproxy(["127.0.0.1:8001", "127.0.0.1:8002"], inter="200ms")`` -> HAProxy."""
-    binary = _find_binary("REALSERVERS_HAPROXY", "haproxy")
+    binary = find_binary("REALSERVERS_HAPROXY", "haproxy")
     if binary is None:
         pytest.fail("haproxy not found: apt-get install haproxy")
     with contextlib.ExitStack() as stack:

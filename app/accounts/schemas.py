@@ -21,7 +21,11 @@ Password = Annotated[
         description=f"{MIN_PASSWORD} to {MAX_PASSWORD} characters.",
     ),
 ]
-KeyName = Annotated[str, Meta(min_length=1, max_length=100)]
+KeyName = Annotated[
+    str,
+    # No control characters: PostgreSQL stores no NUL, and a name is shown in lists and pages.
+    Meta(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$"),
+]
 
 
 class User(msgspec.Struct, frozen=True, kw_only=True):

@@ -55,6 +55,12 @@ class SigningSecret:
             self._value = await self._stored()
         yield
 
+    async def carry(self) -> None:
+        """Stores the secret in the database if it is not there yet (``db copy`` runs this on
+        its source, so that the tokens it signed stay valid on the target)."""
+        if not self._configured:
+            await self._stored()
+
     async def _stored(self) -> str:
         query = sa.select(secrets_table.c.value).where(secrets_table.c.name == _NAME)
         stored: str | None = await self._db.scalar(query)
@@ -66,9 +72,14 @@ class SigningSecret:
                 .on_conflict_do_nothing(index_elements=[secrets_table.c.name])
             )
             stored = await self._db.scalar(query)
-            assert stored is not None
+            if stored is None:
+                raise ConfigError(
+                    "the JWT secret could not be stored in the database (the 'jwt' row of the "
+                    "secrets table is missing after inserting it); set JWT_SECRET_KEY"
+                )
             if stored == offer:
                 logger.info("%s the JWT secret into the database (%s)", source, self._db.where)
+            self._retire_legacy_file()
         if len(stored.encode()) < MIN_SECRET_BYTES[self._algorithm]:
             raise ConfigError(
                 f"the JWT secret stored in the database is too short for {self._algorithm}; "
@@ -76,6 +87,16 @@ class SigningSecret:
                 "one generated (existing tokens will stop working)."
             )
         return stored
+
+    def _retire_legacy_file(self) -> None:
+        """The database holds the secret now: the old file is renamed, so that deleting the
+        database's row (to rotate a leaked secret) does not bring the old one back."""
+        if self._legacy_file.exists():
+            moved = self._legacy_file.with_name(LEGACY_FILE + ".moved-to-database")
+            try:
+                self._legacy_file.rename(moved)
+            except OSError as exc:
+                logger.warning("cannot rename %s: %s", self._legacy_file, exc)
 
     def _offer(self) -> tuple[str, str]:
         try:

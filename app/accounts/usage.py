@@ -22,6 +22,7 @@ import sqlalchemy as sa
 
 from app.db import Database
 from app.db.tables import usage, users
+from app.errors import DatabaseDown
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,11 @@ class UsageLedger:
     ) -> None:
         self._db = db
         self._wall = wall
+        # Each day's tokens per user, read once and then counted here: only while this process
+        # is the only writer (SQLite). With a database server, replicas write the same rows, so
+        # every check reads the current total (one indexed read), and the daily limit holds
+        # across them.
+        self._cache_today = db.dialect == "sqlite"
         self._today: dict[tuple[int, str], int] = {}
         # (user, day) -> [requests, prompt tokens, completion tokens] not yet written.
         self._held: dict[tuple[int, str], list[int]] = {}
@@ -119,7 +125,11 @@ class UsageLedger:
                 row = self._held.pop(key)
                 try:
                     await self._db.execute(self._add(key, row))
-                except (sa.exc.SQLAlchemyError, OSError) as exc:
+                except sa.exc.IntegrityError:
+                    # The user was deleted meanwhile (maybe on another replica): their usage
+                    # went with them, and this row has nowhere to go.
+                    logger.info("dropped usage of user %d, deleted meanwhile", key[0])
+                except (DatabaseDown, sa.exc.SQLAlchemyError, OSError) as exc:
                     held = self._held.setdefault(key, [0, 0, 0, 0])
                     for i, value in enumerate(row):
                         held[i] += value
@@ -165,7 +175,7 @@ class UsageLedger:
     async def tokens_today(self, user_id: int) -> int:
         """Tokens generated and embedded for ``user_id`` today (UTC), held rows included."""
         key = (user_id, self.today())
-        if key not in self._today:
+        if not self._cache_today or key not in self._today:
             if len(self._today) > 10_000:  # yesterday's entries: drop them all, reread
                 self._today.clear()
             used = await self._db.scalar(
@@ -175,6 +185,8 @@ class UsageLedger:
             )
             held_row = self._held.get(key, [0, 0, 0, 0])
             held = held_row[2] + held_row[3]
+            if not self._cache_today:
+                return int(used or 0) + held
             self._today.setdefault(key, int(used or 0) + held)
         return self._today[key]
 

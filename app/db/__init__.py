@@ -1,11 +1,11 @@
 """Where users, API keys, usage and stored responses live: SQLite or PostgreSQL."""
 
 from app.db.database import (
-    UNAVAILABLE,
     Database,
     DatabaseUnavailable,
     SchemaTooNew,
     database_url,
+    is_outage,
 )
 
-__all__ = ["UNAVAILABLE", "Database", "DatabaseUnavailable", "SchemaTooNew", "database_url"]
+__all__ = ["Database", "DatabaseUnavailable", "SchemaTooNew", "database_url", "is_outage"]

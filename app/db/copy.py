@@ -2,8 +2,9 @@
 
 Every row of every table (users, API keys, usage, stored responses, the JWT secret) is copied
 with its id, in one transaction on the target, which must be empty: a copy lands whole or not at
-all. Each id sequence on the target then continues after the highest id the source ever handed
-out, so no id is given twice. The source is only read.
+all. The source is read in one snapshot (rows written meanwhile are not half in). The users'
+id sequence on the target continues after the highest id the source ever handed out (deleted
+accounts included), so no account id is given twice; the API keys' after the highest present.
 """
 
 from __future__ import annotations
@@ -30,12 +31,8 @@ async def _last_id(connection: AsyncConnection, table: sa.Table) -> int:
         statement = sa.text("SELECT seq FROM sqlite_sequence WHERE name = :name")
         issued = await connection.scalar(statement, {"name": table.name})
     else:
-        # The name comes from PostgreSQL's catalogue, not from input.
-        sequence = await _sequence(connection, table)
-        statement = sa.text(
-            f"SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {sequence}"  # noqa: S608
-        )
-        issued = await connection.scalar(statement)
+        statement = sa.text("SELECT pg_sequence_last_value(CAST(:name AS regclass))")
+        issued = await connection.scalar(statement, {"name": await _sequence(connection, table)})
     return max(highest, int(issued or 0))
 
 
@@ -65,6 +62,8 @@ async def copy_database(source: Database, target: Database) -> dict[str, int]:
     copied per table. Raises ``TargetNotEmpty`` if the target has any row."""
     copied: dict[str, int] = {}
     async with source.engine.connect() as reader, target.transaction() as writer:
+        if reader.dialect.name == "postgresql":  # every table as of one moment
+            await reader.execution_options(isolation_level="REPEATABLE READ")
         for table in ALL:
             if await writer.scalar(sa.select(sa.func.count()).select_from(table)):
                 raise TargetNotEmpty(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -22,10 +23,42 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, RowMapping, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from app.errors import DatabaseDown
+
 logger = logging.getLogger(__name__)
 
-# Errors that mean the database cannot be reached or used right now, rather than a bad statement.
-UNAVAILABLE = (sa.exc.OperationalError, sa.exc.InterfaceError, OSError)
+# SQLSTATE classes of a server that cannot serve right now: connection exceptions (08),
+# insufficient resources (53), operator intervention such as a restart or shutdown (57).
+_OUTAGE_CLASSES = ("08", "53", "57")
+# At most one error line per this many seconds while the database does not answer.
+_OUTAGE_LOG_SECONDS = 10.0
+_last_outage_log = -math.inf
+
+
+def is_outage(error: BaseException) -> bool:
+    """Whether ``error`` means the database cannot be reached or used right now (a server
+    stopped, restarting or out of connections, a network failure), rather than a bad statement."""
+    if isinstance(error, OSError | sa.exc.OperationalError | sa.exc.InterfaceError):
+        return True
+    if isinstance(error, sa.exc.TimeoutError):  # no free connection in the pool
+        return True
+    if isinstance(error, sa.exc.DBAPIError):
+        if error.connection_invalidated:
+            return True
+        code = str(getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None))
+        return code[:2] in _OUTAGE_CLASSES
+    if isinstance(error, sa.exc.StatementError):
+        return isinstance(error.orig, OSError)
+    return False
+
+
+def _down(error: BaseException) -> DatabaseDown:
+    global _last_outage_log
+    now = time.monotonic()
+    if now - _last_outage_log >= _OUTAGE_LOG_SECONDS:  # loud, not a flood
+        _last_outage_log = now
+        logger.error("the database does not answer: %s", _reason(error))
+    return DatabaseDown()
 
 
 class SchemaTooNew(Exception):
@@ -60,7 +93,10 @@ def database_url(url: str | URL | None, data_dir: Path) -> URL:
     if backend == "sqlite":
         return parsed.set(drivername="sqlite+aiosqlite")
     if backend in ("postgresql", "postgres"):
-        return parsed.set(drivername="postgresql+asyncpg")
+        query = dict(parsed.query)
+        if "sslmode" in query:  # libpq's name; asyncpg takes the same values as "ssl"
+            query.setdefault("ssl", query.pop("sslmode"))
+        return parsed.set(drivername="postgresql+asyncpg", query=query)
     raise ValueError(f"unsupported database {backend!r}: use sqlite:/// or postgresql://")
 
 
@@ -127,7 +163,8 @@ class Database:
             await self.close()
             if isinstance(exc, migrate.LegacyError):
                 raise self._unavailable(exc.__cause__ or exc) from None
-            if isinstance(exc, sa.exc.DBAPIError | OSError | sa.exc.ArgumentError):
+            if isinstance(exc, sa.exc.DBAPIError | OSError | sa.exc.ArgumentError | TypeError):
+                # TypeError: a URL option the driver does not take (asyncpg's connect()).
                 raise self._unavailable(exc) from None
             raise
 
@@ -148,13 +185,15 @@ class Database:
         if self.dialect != "sqlite":
             return create_async_engine(
                 self.url,
+                # Error messages never carry the values bound (password hashes, the secret).
+                hide_parameters=True,
                 pool_size=8,
                 max_overflow=8,
                 # A connection the server closed (a restart, an idle timeout) is replaced.
                 pool_pre_ping=True,
                 connect_args={"timeout": 10},
             )
-        engine = create_async_engine(self.url)
+        engine = create_async_engine(self.url, hide_parameters=True)
 
         @sa.event.listens_for(engine.sync_engine, "connect")
         def _on_connect(dbapi_connection: Any, _: object) -> None:
@@ -162,15 +201,15 @@ class Database:
             # each transaction, DDL included, all-or-nothing.
             dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
-            for pragma in (
-                # First: switching to WAL waits for other connections' locks too.
-                "PRAGMA busy_timeout = 5000",
-                "PRAGMA journal_mode = WAL",
-                "PRAGMA foreign_keys = ON",
-                # FULL: a committed row survives power loss too, not only a crash.
-                "PRAGMA synchronous = FULL",
-            ):
-                cursor.execute(pragma)
+            cursor.execute("PRAGMA busy_timeout = 5000")
+            # Switched once, by the first connection (under the migration lock); asking again
+            # while other connections are open could fail at once with "database is locked".
+            cursor.execute("PRAGMA journal_mode")
+            if cursor.fetchone()[0] != "wal":
+                cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA foreign_keys = ON")
+            # FULL: a committed row survives power loss too, not only a crash.
+            cursor.execute("PRAGMA synchronous = FULL")
             cursor.close()
 
         @sa.event.listens_for(engine.sync_engine, "begin")
@@ -205,36 +244,54 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
-        """One connection in one transaction, committed when the block ends without error."""
-        async with self.engine.begin() as connection:
-            yield connection
+        """One connection in one transaction, committed when the block ends without error.
+
+        Raises ``DatabaseDown`` (a 503) when the database does not answer; nothing is written.
+        """
+        try:
+            async with self.engine.begin() as connection:
+                yield connection
+        except Exception as exc:
+            if is_outage(exc):
+                raise _down(exc) from exc
+            raise
+
+    @contextlib.asynccontextmanager
+    async def _reading(self) -> AsyncIterator[AsyncConnection]:
+        try:
+            async with self.engine.connect() as connection:
+                yield connection
+        except Exception as exc:
+            if is_outage(exc):
+                raise _down(exc) from exc
+            raise
 
     async def fetch_one(self, statement: sa.Executable) -> RowMapping | None:
         """The first row of a query, or None."""
-        async with self.engine.connect() as connection:
+        async with self._reading() as connection:
             result = await connection.execute(statement)
             return result.mappings().first()
 
     async def fetch_all(self, statement: sa.Executable) -> Sequence[RowMapping]:
         """Every row of a query."""
-        async with self.engine.connect() as connection:
+        async with self._reading() as connection:
             result = await connection.execute(statement)
             return result.mappings().all()
 
     async def scalar(self, statement: sa.Executable) -> Any:
         """The first column of the first row, or None."""
-        async with self.engine.connect() as connection:
+        async with self._reading() as connection:
             return await connection.scalar(statement)
 
     async def execute(self, statement: sa.Executable) -> int:
         """Runs one statement, committed on return; the number of rows it changed."""
-        async with self.engine.begin() as connection:
+        async with self.transaction() as connection:
             result = await connection.execute(statement)
             return int(result.rowcount)
 
     async def execute_returning(self, statement: sa.Executable) -> RowMapping:
         """Runs one statement with a RETURNING clause, committed on return; its one row."""
-        async with self.engine.begin() as connection:
+        async with self.transaction() as connection:
             result = await connection.execute(statement)
             return result.mappings().one()
 

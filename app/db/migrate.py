@@ -102,11 +102,22 @@ async def _file_lock(path: Path) -> AsyncIterator[None]:
 
 
 @contextlib.asynccontextmanager
-async def _migration_lock(db: Database, connection: AsyncConnection) -> AsyncIterator[None]:
+async def _file_lock_for(db: Database) -> AsyncIterator[None]:
+    """SQLite: the lock file beside the database, taken before the first connection (which may
+    switch the file to WAL, which no other connection may do at the same time)."""
     path = db.path
-    if path is not None:
-        async with _file_lock(path.with_name(path.name + ".lock")):
-            yield
+    if path is None:
+        yield
+        return
+    async with _file_lock(path.with_name(path.name + ".lock")):
+        yield
+
+
+@contextlib.asynccontextmanager
+async def _advisory_lock(connection: AsyncConnection) -> AsyncIterator[None]:
+    """PostgreSQL: a session-level advisory lock on the migrating connection."""
+    if connection.dialect.name != "postgresql":
+        yield
         return
     await connection.execute(sa.select(sa.func.pg_advisory_lock(_PG_LOCK)))
     await connection.commit()
@@ -118,9 +129,38 @@ async def _migration_lock(db: Database, connection: AsyncConnection) -> AsyncIte
         await connection.commit()
 
 
+@contextlib.asynccontextmanager
+async def _foreign_keys_off(connection: AsyncConnection) -> AsyncIterator[None]:
+    """SQLite: foreign keys off while migrating (the pragma is ignored inside a transaction, so
+    it is set before the first statement). A table is altered by copying it and dropping the
+    old one, which must not cascade into the rows that reference it; the keys are checked
+    before the migration commits instead."""
+    if connection.dialect.name != "sqlite":
+        yield
+        return
+    raw = (await connection.get_raw_connection()).driver_connection
+    assert raw is not None
+    await raw.execute("PRAGMA foreign_keys = OFF")
+    try:
+        yield
+    finally:
+        await raw.execute("PRAGMA foreign_keys = ON")
+
+
+def _check_foreign_keys(connection: sa.Connection) -> None:
+    if connection.dialect.name == "sqlite":
+        broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+        if broken:
+            raise sa.exc.IntegrityError("PRAGMA foreign_key_check", None, Exception(broken[:3]))
+
+
 async def upgrade(db: Database) -> None:
     """Migrates ``db`` (open) to this release's schema; see the module's docstring."""
-    async with db.engine.connect() as connection, _migration_lock(db, connection):
+    async with (
+        _file_lock_for(db),
+        db.engine.connect() as connection,
+        _advisory_lock(connection),
+    ):
         await connection.execution_options(sqlite_begin="IMMEDIATE")
         if db.path is not None:
             try:
@@ -129,8 +169,10 @@ async def upgrade(db: Database) -> None:
                 raise _too_new(f"user_version {exc.args[0]}") from None
             except Exception as exc:
                 raise LegacyError(str(exc)) from exc
-        await connection.run_sync(_upgrade)
-        await connection.commit()
+        async with _foreign_keys_off(connection):
+            await connection.run_sync(_upgrade)
+            await connection.run_sync(_check_foreign_keys)
+            await connection.commit()
 
 
 async def current(db: Database) -> str | None:

@@ -41,7 +41,8 @@ def test_db_copy_moves_users_keys_usage_and_tokens_into_postgresql(
         tmp_path, "users", "create", "carol", "--password-stdin", stdin="carol-pw-1\n"
     )
     assert created.returncode == 0, created.stderr
-    assert run_app(tmp_path, "users", "create", "gone", "--password-stdin", stdin="gone-pw-11\n")
+    gone = run_app(tmp_path, "users", "create", "gone", "--password-stdin", stdin="gone-pw-11\n")
+    assert gone.returncode == 0, gone.stderr
     assert run_app(tmp_path, "users", "delete", "gone").returncode == 0  # id 3 is spent
     with serving(tmp_path, **model) as (url, _):
         token = access_token(url, "carol", "carol-pw-1")

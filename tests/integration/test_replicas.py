@@ -25,7 +25,7 @@ from tests.integration.support import (
     starting,
     wait_healthy,
 )
-from tests.realservers import HAProxy, PostgresServer, RedisServer, _find_binary, run_haproxy
+from tests.realservers import HAProxy, PostgresServer, RedisServer, find_binary, run_haproxy
 
 COMPLETION = {"model": "smol", "prompt": "Once upon a time", "max_tokens": 1}
 
@@ -73,7 +73,7 @@ def cluster(
         "APP_CONCURRENT_PER_USER": "1",
         "APP_SHUTDOWN_GRACE": "0",
     }
-    binary = _find_binary("REALSERVERS_HAPROXY", "haproxy")
+    binary = find_binary("REALSERVERS_HAPROXY", "haproxy")
     assert binary is not None, "haproxy is missing: run scripts/test, which installs it"
     with contextlib.ExitStack() as stack:
         replicas = [
@@ -169,6 +169,20 @@ def test_the_usage_ledger_sums_both_replicas(cluster: Cluster) -> None:
         days = httpx.get(f"{url}/users/me/usage", headers=frank).json()["days"]
         assert days[0]["requests"] == 4
         assert days[0]["completion_tokens"] == 4
+
+
+def test_the_daily_token_limit_counts_both_replicas(cluster: Cluster) -> None:
+    ivy = cluster.user("ivy")
+    limited = httpx.patch(
+        f"{cluster.urls[0]}/admin/users/ivy", json={"tokens_per_day": 3}, headers=cluster.admin()
+    )
+    assert limited.status_code == 200, limited.text
+    one_token = {**COMPLETION, "ignore_eos": True}
+    codes = [
+        httpx.post(f"{url}/v1/completions", json=one_token, headers=ivy, timeout=60).status_code
+        for url in cluster.urls * 3
+    ]
+    assert codes == [200, 200, 200, 429, 429, 429], codes
 
 
 def served_by(proxy: HAProxy) -> dict[str, int]:

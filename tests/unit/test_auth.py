@@ -268,6 +268,14 @@ async def test_api_key_lifecycle(client: AsyncTestClient[Any], tmp_path: Path) -
     assert_error(again, 404, code="not_found")
 
 
+async def test_a_key_name_with_control_characters_is_a_400(client: AsyncTestClient[Any]) -> None:
+    token = await login(client, ADMIN, ADMIN_PASSWORD)
+    for name in ("a\u0000b", "tab\there", "bell\u0007"):
+        answer = await client.post("/users/me/api-keys", json={"name": name}, headers=bearer(token))
+        assert answer.status_code == 400, (name, answer.text)  # PostgreSQL refuses NUL: not a 500
+        assert answer.json()["error"]["param"] == "name"
+
+
 @pytest.mark.sqlite_only
 async def test_api_keys_are_stored_only_as_a_hash(
     client: AsyncTestClient[Any], tmp_path: Path

@@ -120,6 +120,37 @@ async def test_a_newer_release_migrates_an_older_database(
         await db.close()
 
 
+@pytest.mark.filterwarnings("ignore:Skipped unsupported reflection of expression-based index")
+async def test_a_migration_that_rebuilds_users_keeps_the_rows_that_reference_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = Database(tmp_path / "app.db")
+    await db.open()
+    await db.execute(new_user("a"))
+    await db.execute(
+        sa.insert(api_keys).values(user_id=1, name="k", prefix="sk-", key_hash="h", created_at=0)
+    )
+    await db.close()
+    # SQLite alters a table by copying it: the old one is dropped, which must not cascade.
+    scripts = scripts_with(
+        tmp_path,
+        '    with op.batch_alter_table("users", recreate="always") as batch:\n'
+        '        batch.add_column(sa.Column("email", sa.Text))\n'
+        # Batch mode cannot copy an index on an expression: a rebuild makes it again.
+        '    op.create_index("users_by_lower_username", "users", [sa.text("lower(username)")],'
+        " unique=True)",
+    )
+    monkeypatch.setattr(migrate, "SCRIPTS", scripts)
+    await db.open()
+    try:
+        assert await db.scalar(sa.select(sa.func.count()).select_from(api_keys)) == 1
+        assert await db.scalar(sa.text("PRAGMA foreign_keys")) == 1  # on again afterwards
+        with pytest.raises(sa.exc.IntegrityError):  # still unique regardless of case
+            await db.execute(new_user("A").values(subject="other"))
+    finally:
+        await db.close()
+
+
 async def test_a_failing_migration_leaves_the_previous_schema_intact(
     database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
