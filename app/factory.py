@@ -40,6 +40,7 @@ from app.accounts.throttle import LoginThrottle
 from app.accounts.usage import UsageLedger
 from app.anthropic.controllers import AnthropicController
 from app.anthropic.serving import MessagesServing
+from app.console.controllers import console_handlers
 from app.db import Database, database_url
 from app.errors import exception_handlers, require_json_body
 from app.inference.catalog import Catalog, ModelSpec, load_catalog
@@ -247,6 +248,7 @@ def create_app(
             AdminController,
             AdminUsageController,
             *docs_handlers,
+            *console_handlers,
         ],
         dependencies={
             field.name: Provide(_constant(getattr(services, field.name)), sync_to_thread=False)

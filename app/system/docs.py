@@ -18,7 +18,6 @@ from litestar.datastructures import CacheControlHeader
 from litestar.enums import OpenAPIMediaType
 from litestar.openapi import spec
 from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
-from litestar.response import Redirect
 from litestar.static_files import create_static_files_router
 from litestar.types import ControllerRouterHandler
 
@@ -73,12 +72,6 @@ def redoc(request: Request[Any, Any, Any]) -> bytes:
     return _REDOC.render(request, _schema(request))
 
 
-@get("/", include_in_schema=False, sync_to_thread=False, opt=_PUBLIC)
-def index() -> Redirect:
-    """The root sends people to the API documentation."""
-    return Redirect("/docs")
-
-
 docs_assets = create_static_files_router(
     path=ASSETS_PATH,
     directories=[_ASSETS_DIR],
@@ -88,7 +81,7 @@ docs_assets = create_static_files_router(
     cache_control=CacheControlHeader(max_age=86_400),
 )
 
-docs_handlers: list[ControllerRouterHandler] = [openapi_json, swagger_ui, redoc, index, docs_assets]
+docs_handlers: list[ControllerRouterHandler] = [openapi_json, swagger_ui, redoc, docs_assets]
 
 
 STREAMING_PATHS = {
