@@ -396,12 +396,17 @@ function metric(text, name) {
 
 async function refreshLive() {
   const health = await (await fetch("/health")).json();
-  const metrics = await api("/metrics");
-  const now = performance.now();
-  const tokens = metric(metrics, "llm_tokens_predicted_total");
   let rate = "…";
-  if (lastTokens) rate = ((tokens - lastTokens.tokens) / ((now - lastTokens.at) / 1000)).toFixed(1);
-  lastTokens = { tokens, at: now };
+  try {
+    // Not on this port when APP_METRICS_LISTEN moves /metrics elsewhere: then no rate.
+    const tokens = metric(await api("/metrics"), "llm_tokens_predicted_total");
+    const now = performance.now();
+    if (lastTokens) rate = ((tokens - lastTokens.tokens) / ((now - lastTokens.at) / 1000)).toFixed(1);
+    lastTokens = { tokens, at: now };
+  } catch (error) {
+    if (error.status !== 404) throw error;
+    rate = "n/a";
+  }
   const loaded = (health.models || []).map((m) => `${m.id} (${m.state})`).join(", ") || health.model;
   const items = [
     ["Status", health.status],
