@@ -133,6 +133,7 @@ def host_config(settings: Settings) -> HostConfig:
             max_queue=settings.max_queue,
             queue_timeout=settings.queue_timeout,
             chat_format_fallback=settings.chat_format_fallback,
+            kv_cache_type=settings.kv_cache_type,
         ),
         max_loaded_models=settings.max_loaded_models,
         queue_timeout=settings.queue_timeout,

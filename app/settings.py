@@ -153,6 +153,15 @@ class Settings(
             description="Sequences generated at once (slots), each a full context.",
         ),
     ] = 4
+    kv_cache_type: Annotated[
+        Literal["f16", "q8_0", "q4_0"],
+        Meta(
+            description=(
+                "KV cache type: f16, or q8_0 (half the memory per slot) or q4_0 (a quarter), "
+                "with flash attention."
+            )
+        ),
+    ] = "f16"
     max_queue: Annotated[
         int,
         Meta(ge=0, le=10_000, description="Requests that may wait for a slot; beyond that, 429."),

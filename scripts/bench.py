@@ -19,7 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
@@ -107,7 +107,12 @@ async def load(
 ) -> tuple[Run, float]:
     run = Run()
     headers = {"Authorization": f"Bearer {key}"}
-    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=600) as http:
+    # A connection per request: llama-server sometimes closes a kept-alive connection without
+    # saying so, and the next request on it fails before any token (the same for both servers).
+    no_keepalive = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(
+        base_url=url, headers=headers, timeout=600, limits=no_keepalive
+    ) as http:
         started = time.perf_counter()
 
         # The same requests at every concurrency, each client sending its share back to back:
@@ -421,6 +426,65 @@ def embeddings_workload(args: argparse.Namespace) -> int:
     return 0 if min(cosines) > 0.999 else 1
 
 
+def kv_workload(args: argparse.Namespace, levels: list[int]) -> int:
+    """Each APP_KV_CACHE_TYPE: KV memory per slot, mean log-probability of the reference text
+    (tests/integration/test_kv_cache.py), and the stream load's tokens/s at the highest
+    concurrency, the types loaded in turn."""
+    from app.inference.engine import EngineConfig
+    from app.inference.quality import measure
+    from tests.integration.test_kv_cache import REFERENCE
+
+    c = max(levels)
+    kinds: tuple[Literal["f16", "q8_0", "q4_0"], ...] = ("f16", "q8_0", "q4_0")
+    print(
+        f"model {args.model.name}, {args.threads} threads, context {args.context} a slot, "
+        f"{args.requests} requests of {args.max_tokens} tokens at C={c}"
+    )
+    quality = {
+        kind: measure(
+            args.model,
+            EngineConfig(context_size=args.context, threads=args.threads, kv_cache_type=kind),
+            REFERENCE,
+        )
+        for kind in kinds
+    }
+    rates: dict[str, float] = {}
+    for kind in kinds:
+        with tempfile.TemporaryDirectory() as data:
+            process, url = start_service(
+                args.model, args.threads, c, args.context, data, APP_KV_CACHE_TYPE=kind
+            )
+            try:
+                key = api_key(url)
+                asyncio.run(load(url, key, 1, 8, 1))  # warm up
+                run, elapsed = asyncio.run(load(url, key, c, args.max_tokens, args.requests))
+                rates[kind] = run.tokens / elapsed
+            finally:
+                process.terminate()
+                process.wait(timeout=60)
+    print(f"{'type':<6} {'KV MiB/slot':>11} {'mean logprob':>13} {'vs f16':>8} {'tokens/s':>9}")
+    base = quality["f16"].mean_logprob
+    for kind in kinds:
+        m = quality[kind]
+        slot = m.kv_bytes_per_token * args.context / 2**20
+        change = (m.mean_logprob - base) / abs(base) * 100
+        print(
+            f"{kind:<6} {slot:>11.1f} {m.mean_logprob:>13.4f} {change:>+7.2f}% {rates[kind]:>9.1f}"
+        )
+    return 0
+
+
+def row(c: int, run: Run, elapsed: float, base: float) -> str:
+    """One concurrency level's figures, as printed."""
+    rate = run.tokens / elapsed
+    ttft = [percentile(run.ttft, q) * 1000 for q in (0.5, 0.95)]
+    itl = [percentile(run.itl, q) * 1000 for q in (0.5, 0.95)]
+    return (
+        f"{c:>3} {rate:>9.1f} {rate / base:>6.2f} {ttft[0]:>7.0f}ms {ttft[1]:>5.0f}ms "
+        f"{itl[0]:>6.1f}ms {itl[1]:>5.1f}ms"
+    )
+
+
 def shared_workload(args: argparse.Namespace, levels: list[int]) -> int:
     """The same streaming load on SQLite + in-memory limits and on PostgreSQL + Valkey, both
     served at once and loaded in turn (twice each), with every limit switched on (set too high
@@ -525,6 +589,39 @@ def start_service(
     raise SystemExit("the service did not become healthy")
 
 
+def start_peer(
+    model: Path, threads: int, parallel: int, context: int
+) -> tuple[subprocess.Popen[bytes], str]:
+    """llama.cpp's own llama-server on the same GGUF, built from the same source with the same
+    flags (scripts/lib/build-llama-server.sh), configured as the service runs its engine: one
+    KV stream per slot of ``context`` tokens, the same batch sizes and threads."""
+    root = Path(__file__).resolve().parent
+    built = subprocess.run(
+        ["bash", str(root / "lib" / "build-llama-server.sh")],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    binary = Path(built.stdout.strip().splitlines()[-1]) / "llama-server"
+    port = free_port()
+    argv = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port)]
+    argv += ["-np", str(parallel), "-c", str(context * parallel), "--no-kv-unified"]
+    argv += ["-t", str(threads), "-tb", str(threads), "-b", "512", "-ub", "512", "-fa", "auto"]
+    argv += ["--no-webui"]  # prompt caching stays on: the service reuses cached prefixes too
+    env = {**os.environ, "GOMP_SPINCOUNT": "30000"}  # as python -m app serve sets it
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    process.kill()
+    raise SystemExit("llama-server did not become healthy")
+
+
 def api_key(url: str) -> str:
     token = httpx.post(f"{url}/token", data={"username": "admin", "password": PASSWORD}).json()
     created = httpx.post(
@@ -560,13 +657,21 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=32, help="requests per concurrency level")
     parser.add_argument(
         "--workload",
-        choices=["stream", "tools", "followup", "embeddings", "shared"],
+        choices=["stream", "tools", "followup", "embeddings", "shared", "kv"],
         default="stream",
         help="stream: completions against the in-process baseline; tools: grammar-constrained "
         "tool calls against free text; followup: a /v1/responses follow-up through "
         "previous_response_id against the same conversation sent cold; embeddings: batched "
         "/v1/embeddings against one Llama(embedding=True) call a passage; shared: the stream load "
-        "at the highest concurrency on PostgreSQL + Valkey against SQLite + memory",
+        "at the highest concurrency on PostgreSQL + Valkey against SQLite + memory; kv: memory, "
+        "quality and speed of each APP_KV_CACHE_TYPE",
+    )
+    parser.add_argument(
+        "--peer",
+        choices=["llama-server"],
+        help="also run the stream workload against llama.cpp's own llama-server, built once "
+        "from the pinned llama-cpp-python's vendored llama.cpp with the same flags, interleaved "
+        "level by level with ours, and print ours / theirs",
     )
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -578,6 +683,8 @@ def main() -> int:
         return embeddings_workload(args)
     if args.workload == "shared":
         return shared_workload(args, levels)
+    if args.workload == "kv":
+        return kv_workload(args, levels)
 
     print(
         f"model {args.model.name}, {args.threads} threads, {args.requests} requests of "
@@ -588,17 +695,29 @@ def main() -> int:
     before = baseline(args.model, args.threads, args.max_tokens, args.context, args.requests)
     rows: list[tuple[int, Run, float]] = []
 
+    peer_rows: list[tuple[int, Run, float]] = []
     with tempfile.TemporaryDirectory() as data:
         process, url = start_service(args.model, args.threads, max(levels), args.context, data)
+        peer = None
         try:
             key = api_key(url)
             asyncio.run(load(url, key, 1, 8, 1))  # warm up
-            for c in levels:
+            if args.peer:
+                peer, peer_url = start_peer(args.model, args.threads, max(levels), args.context)
+                asyncio.run(load(peer_url, "none", 1, 8, 1))
+            for c in levels:  # interleaved: a drifting machine skews both alike
                 run, elapsed = asyncio.run(load(url, key, c, args.max_tokens, args.requests))
                 rows.append((c, run, elapsed))
+                if peer is not None:
+                    run, elapsed = asyncio.run(
+                        load(peer_url, "none", c, args.max_tokens, args.requests)
+                    )
+                    peer_rows.append((c, run, elapsed))
         finally:
-            process.terminate()
-            process.wait(timeout=60)
+            for running in (process, peer):
+                if running is not None:
+                    running.terminate()
+                    running.wait(timeout=60)
     after = baseline(args.model, args.threads, args.max_tokens, args.context, args.requests)
     base = (before + after) / 2
     print(
@@ -608,13 +727,20 @@ def main() -> int:
     header = ("C", "tokens/s", "ratio", "TTFT p50", "p95", "ITL p50", "p95")
     print("{:>3} {:>9} {:>6} {:>9} {:>7} {:>8} {:>7}".format(*header))
     for c, run, elapsed in rows:
-        rate = run.tokens / elapsed
-        ttft = [percentile(run.ttft, q) * 1000 for q in (0.5, 0.95)]
-        itl = [percentile(run.itl, q) * 1000 for q in (0.5, 0.95)]
+        print(row(c, run, elapsed, base))
+    if peer_rows:
         print(
-            f"{c:>3} {rate:>9.1f} {rate / base:>6.2f} {ttft[0]:>7.0f}ms {ttft[1]:>5.0f}ms "
-            f"{itl[0]:>6.1f}ms {itl[1]:>5.1f}ms"
+            "\nllama-server (same GGUF, build flags, slots, threads; ratio to the same baseline):"
         )
+        for c, run, elapsed in peer_rows:
+            print(row(c, run, elapsed, base))
+        print("\nours / llama-server:")
+        print("{:>3} {:>9} {:>14}".format("C", "tokens/s", "TTFT p50 (ms)"))
+        for (c, ours, ours_s), (_, theirs, theirs_s) in zip(rows, peer_rows, strict=True):
+            ratio = (ours.tokens / ours_s) / (theirs.tokens / theirs_s)
+            ours_ttft, their_ttft = (percentile(r.ttft, 0.5) * 1000 for r in (ours, theirs))
+            ttft = f"{ours_ttft:.0f} vs {their_ttft:.0f}"
+            print(f"{c:>3} {ratio:>9.2f} {ttft:>14}")
     return 0
 
 

@@ -34,6 +34,9 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
     """The chat format for a GGUF without a template of its own (nor a built-in one)."""
     chat_template: str | None = None
     """A Jinja chat template to use instead of the GGUF's."""
+    kv_cache_type: Literal["f16", "q8_0", "q4_0"] = "f16"
+    """The KV cache's element type: q8_0 about halves its memory, q4_0 about quarters it
+    (quantised types need flash attention, which is then turned on)."""
 
 
 class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):

@@ -16,6 +16,12 @@ from app.inference.model_files import check_gguf
 BATCH = 512
 """Tokens decoded per step at most; prompt chunks fill what generating sequences leave."""
 
+_KV_TYPES = {
+    "f16": llama_cpp.GGML_TYPE_F16,
+    "q8_0": llama_cpp.GGML_TYPE_Q8_0,
+    "q4_0": llama_cpp.GGML_TYPE_Q4_0,
+}
+
 
 def cpu_count() -> int:
     """The cores this process may run on."""
@@ -55,12 +61,17 @@ def load_model(
     params.n_ubatch = BATCH
     params.n_threads = threads
     params.n_threads_batch = threads
+    params.type_k = params.type_v = _KV_TYPES[config.kv_cache_type]
+    if config.kv_cache_type != "f16":
+        # llama.cpp keeps a quantised V cache only with flash attention.
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
     try:
         context = internals.LlamaContext(model=model, params=params, verbose=False)
     except ValueError:
         model.close()
         raise ModelUnavailable(
             f"llama.cpp could not create a context for {path} ({config.parallel} x "
-            f"{config.context_size} tokens); lower APP_PARALLEL or APP_CONTEXT_SIZE."
+            f"{config.context_size} tokens, {config.kv_cache_type} KV cache); lower APP_PARALLEL "
+            "or APP_CONTEXT_SIZE, or set APP_KV_CACHE_TYPE=f16."
         ) from None
     return model, context
