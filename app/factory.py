@@ -185,7 +185,14 @@ def build_services(
         data_dir=Path(settings.data_dir),
     )
     defaults = SamplingDefaults(max_tokens=settings.max_length, temperature=settings.temperature)
-    chat = ChatServing(host, defaults, limits=limits, ledger=ledger, metrics=metrics)
+    chat = ChatServing(
+        host,
+        defaults,
+        limits=limits,
+        ledger=ledger,
+        metrics=metrics,
+        drop_oldest=settings.context_overflow == "drop_oldest",
+    )
     return Services(
         db=db,
         signing_secret=signing_secret,

@@ -153,6 +153,15 @@ class Settings(
             description="Sequences generated at once (slots), each a full context.",
         ),
     ] = 4
+    context_overflow: Annotated[
+        Literal["error", "drop_oldest"],
+        Meta(
+            description=(
+                "A chat longer than the context: error (400), or drop_oldest (its oldest turns "
+                "go, never the system prompt; header x-context-dropped-messages)."
+            )
+        ),
+    ] = "error"
     kv_cache_type: Annotated[
         Literal["f16", "q8_0", "q4_0"],
         Meta(

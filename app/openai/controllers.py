@@ -8,6 +8,7 @@ and gives them their turn.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
@@ -41,6 +42,8 @@ from app.openai.serving_completions import CompletionServing
 from app.openai.serving_embeddings import EmbeddingServing
 from app.openai.serving_models import ModelServing
 from app.openai.serving_responses import ResponsesServing
+
+logger = logging.getLogger(__name__)
 
 Chat = NamedDependency[SkipValidation[ChatServing]]
 Completions = NamedDependency[SkipValidation[CompletionServing]]
@@ -97,13 +100,16 @@ class ClosingStream(Stream):
         return response
 
 
-def event_stream(chunks: AsyncIterator[bytes], caller: Caller) -> Stream:
-    """Server-sent events, unbuffered, with the caller's rate-limit headers."""
-    return ClosingStream(
-        chunks,
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **caller.headers()},
-    )
+def event_stream(
+    chunks: AsyncIterator[bytes], caller: Caller, extra: dict[str, str] | None = None
+) -> Stream:
+    """Server-sent events, unbuffered, with the caller's rate-limit headers (and ``extra``)."""
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **caller.headers()}
+    return ClosingStream(chunks, media_type="text/event-stream", headers=headers | (extra or {}))
+
+
+DROPPED_HEADER = "x-context-dropped-messages"
+"""How many of a chat's oldest messages were dropped to fit the context (APP_CONTEXT_OVERFLOW)."""
 
 
 class OpenAIController(Controller):
@@ -208,9 +214,17 @@ class OpenAIController(Controller):
         chat: Chat,
         caller: Admitted,
     ) -> Response[ChatCompletion] | Stream:
+        data, dropped = await chat.fit(data)
+        extra = {DROPPED_HEADER: str(dropped)} if dropped else {}
+        if dropped:
+            logger.info(
+                "dropped the %d oldest messages of %s's chat to fit the context",
+                dropped,
+                caller.user.username,
+            )
         if data.stream:
-            return event_stream(await chat.stream(data, caller), caller)
-        return Response(await chat.create(data, caller), headers=caller.headers())
+            return event_stream(await chat.stream(data, caller), caller, extra)
+        return Response(await chat.create(data, caller), headers=caller.headers() | extra)
 
     @post(
         "/embeddings",

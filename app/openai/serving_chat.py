@@ -55,6 +55,42 @@ _RESPONSE_SCHEMA = "response_format.json_schema.schema"
 class ChatServing(OpenAIServing):
     """Replies to the conversation ``n`` times."""
 
+    def __init__(self, *args: Any, drop_oldest: bool = False, **kwargs: Any) -> None:
+        """``drop_oldest`` (``APP_CONTEXT_OVERFLOW=drop_oldest``): ``fit`` drops a long chat's
+        oldest turns instead of leaving it for a 400."""
+        super().__init__(*args, **kwargs)
+        self.drop_oldest = drop_oldest
+
+    async def fit(self, request: ChatCompletionRequest) -> tuple[ChatCompletionRequest, int]:
+        """The request with its oldest turns dropped until its prompt and ``max_tokens`` fit
+        the model's context (never a system or developer message, never the last message), and
+        how many messages went; unchanged when ``drop_oldest`` is off or it fits already. A
+        request that cannot be made to fit is left for the usual 400."""
+        if not self.drop_oldest:
+            return request, 0
+        request.check_supported()
+        plan = tool_plan(request)
+        tools = plan.tools if plan.calling else ()
+        kept = list(request.messages)
+        lease = await self._host.acquire(request.model)
+        try:
+            engine = lease.engine
+            room = engine.context_size - min(
+                request._limit() or self._defaults.max_tokens, engine.context_size // 2
+            )
+            while True:
+                tokens = await engine.tokenize_chat(
+                    chat_messages(kept), tools, tool_required=plan.forced
+                )
+                if len(tokens) <= room or not _drop_oldest_turn(kept):
+                    break
+        finally:
+            lease.release()
+        dropped = len(request.messages) - len(kept)
+        if not dropped:
+            return request, 0
+        return msgspec.structs.replace(request, messages=kept), dropped
+
     async def _job(
         self, request: ChatCompletionRequest, caller: Caller, prefill: str | None = None
     ) -> tuple[Job, ToolPlan]:
@@ -266,6 +302,20 @@ def _reply(
         for c in calls
     ]
     return AssistantMessage(content=content, tool_calls=views), finish
+
+
+def _drop_oldest_turn(messages: list[Any]) -> bool:
+    """Removes the oldest turn: the first message that is not a system or developer message,
+    with what followed it up to the next user message (the answer, its calls and their
+    results), never the last message; whether there was one to remove."""
+    for i, message in enumerate(messages[:-1]):
+        if message.role in ("system", "developer"):
+            continue
+        del messages[i]
+        while i < len(messages) - 1 and messages[i].role not in ("user", "system", "developer"):
+            del messages[i]
+        return True
+    return False
 
 
 class _ChoiceStream:

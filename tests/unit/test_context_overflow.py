@@ -1,0 +1,75 @@
+"""``APP_CONTEXT_OVERFLOW``: a chat longer than the context is a 400 by default; with
+``drop_oldest`` its oldest turns go (never the system prompt, never the last message, and the
+tool results of a dropped call with it), and the response says how many."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from litestar.testing import AsyncTestClient
+
+from app.factory import create_app
+from tests.unit.fakes import FakeEngine
+from tests.unit.support import ADMIN, ADMIN_PASSWORD, bearer, login, settings_for
+
+LONG = " ".join(["word"] * 12)  # the fake engine: one token a word, a context of 64
+
+
+def chat(turns: int) -> list[dict[str, object]]:
+    messages: list[dict[str, object]] = [{"role": "system", "content": "be brief"}]
+    for i in range(turns):
+        messages.append({"role": "user", "content": f"question {i} {LONG}"})
+        messages.append({"role": "assistant", "content": f"answer {i} {LONG}"})
+    messages.append({"role": "user", "content": "the last question"})
+    return messages
+
+
+async def test_by_default_a_chat_too_long_for_the_context_is_a_400(tmp_path: Path) -> None:
+    app = create_app(settings_for(tmp_path), engine=FakeEngine())
+    async with AsyncTestClient(app=app) as client:
+        token = bearer(await login(client, ADMIN, ADMIN_PASSWORD))
+        body = {"model": "tinyllama-1.1b", "messages": chat(4), "max_tokens": 4}
+        answer = await client.post("/v1/chat/completions", json=body, headers=token)
+        assert answer.status_code == 400
+        assert answer.json()["error"]["code"] == "context_length_exceeded"
+
+
+async def test_drop_oldest_keeps_the_system_prompt_and_the_last_message(tmp_path: Path) -> None:
+    engine = FakeEngine()
+    settings = settings_for(tmp_path, APP_CONTEXT_OVERFLOW="drop_oldest")
+    async with AsyncTestClient(app=create_app(settings, engine=engine)) as client:
+        token = bearer(await login(client, ADMIN, ADMIN_PASSWORD))
+        for stream in (False, True):
+            engine.chats.clear()
+            body = {
+                "model": "tinyllama-1.1b",
+                "messages": chat(4),
+                "max_tokens": 4,
+                "stream": stream,
+            }
+            answer = await client.post("/v1/chat/completions", json=body, headers=token)
+            assert answer.status_code == 200, answer.text
+            dropped = int(answer.headers["x-context-dropped-messages"])
+            sent = engine.chats[-1]  # what was generated from
+            assert len(sent) == 10 - dropped
+            assert sent[0].role == "system"
+            assert sent[-1].content == "the last question"
+            assert "question 0" not in " ".join(str(m.content) for m in sent)
+            assert dropped % 2 == 0, "a user turn goes with the answer after it"
+
+        # A chat that fits is left alone and says nothing.
+        body = {"model": "tinyllama-1.1b", "messages": chat(1), "max_tokens": 4}
+        answer = await client.post("/v1/chat/completions", json=body, headers=token)
+        assert answer.status_code == 200
+        assert "x-context-dropped-messages" not in answer.headers
+
+
+async def test_what_cannot_be_made_to_fit_is_still_a_400(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, APP_CONTEXT_OVERFLOW="drop_oldest")
+    async with AsyncTestClient(app=create_app(settings, engine=FakeEngine())) as client:
+        token = bearer(await login(client, ADMIN, ADMIN_PASSWORD))
+        huge = [{"role": "user", "content": " ".join(["word"] * 100)}]
+        body = {"model": "tinyllama-1.1b", "messages": huge, "max_tokens": 4}
+        answer = await client.post("/v1/chat/completions", json=body, headers=token)
+        assert answer.status_code == 400
+        assert answer.json()["error"]["code"] == "context_length_exceeded"
