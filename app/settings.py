@@ -157,8 +157,8 @@ class Settings(
         Literal["error", "drop_oldest"],
         Meta(
             description=(
-                "A chat longer than the context: error (400), or drop_oldest (its oldest turns "
-                "go, never the system prompt; header x-context-dropped-messages)."
+                "A chat completion longer than the context: error (400), or drop_oldest (its "
+                "oldest turns go, never the system prompt; header x-context-dropped-messages)."
             )
         ),
     ] = "error"
@@ -166,8 +166,8 @@ class Settings(
         Literal["f16", "q8_0", "q4_0"],
         Meta(
             description=(
-                "KV cache type: f16, or q8_0 (half the memory per slot) or q4_0 (a quarter), "
-                "with flash attention."
+                "KV cache type: f16, or q8_0 (about half the memory per slot) or q4_0 (about "
+                "28%), with flash attention."
             )
         ),
     ] = "f16"

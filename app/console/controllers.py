@@ -40,7 +40,8 @@ PAGE_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",
 }
-_PAGE = (_STATIC / "index.html").read_bytes()
+# Outside static/: the page is served only here, with its headers, never as a plain file.
+_PAGE = (Path(__file__).parent / "page.html").read_bytes()
 
 
 @get("/", include_in_schema=False, sync_to_thread=False, opt=_PUBLIC, media_type=MediaType.HTML)

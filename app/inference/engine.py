@@ -35,7 +35,7 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
     chat_template: str | None = None
     """A Jinja chat template to use instead of the GGUF's."""
     kv_cache_type: Literal["f16", "q8_0", "q4_0"] = "f16"
-    """The KV cache's element type: q8_0 about halves its memory, q4_0 about quarters it
+    """The KV cache's element type: q8_0 takes about half of f16's memory, q4_0 about 28%
     (quantised types need flash attention, which is then turned on)."""
 
 

@@ -69,9 +69,14 @@ def load_model(
         context = internals.LlamaContext(model=model, params=params, verbose=False)
     except ValueError:
         model.close()
+        if config.kv_cache_type != "f16":
+            raise ModelUnavailable(
+                f"llama.cpp could not create a context for {path} with a {config.kv_cache_type} "
+                "KV cache (this model may not support a quantised cache or flash attention); "
+                "set APP_KV_CACHE_TYPE=f16, or lower APP_PARALLEL or APP_CONTEXT_SIZE."
+            ) from None
         raise ModelUnavailable(
             f"llama.cpp could not create a context for {path} ({config.parallel} x "
-            f"{config.context_size} tokens, {config.kv_cache_type} KV cache); lower APP_PARALLEL "
-            "or APP_CONTEXT_SIZE, or set APP_KV_CACHE_TYPE=f16."
+            f"{config.context_size} tokens); lower APP_PARALLEL or APP_CONTEXT_SIZE."
         ) from None
     return model, context

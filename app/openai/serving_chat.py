@@ -78,12 +78,16 @@ class ChatServing(OpenAIServing):
             room = engine.context_size - min(
                 request._limit() or self._defaults.max_tokens, engine.context_size // 2
             )
-            while True:
+            for _ in range(_MAX_FIT_ROUNDS):
                 tokens = await engine.tokenize_chat(
                     chat_messages(kept), tools, tool_required=plan.forced
                 )
-                if len(tokens) <= room or not _drop_oldest_turn(kept):
+                if len(tokens) <= room:
                     break
+                if not _drop_oldest_turn(kept):
+                    return request, 0  # the current turn alone is too long: the usual 400
+            else:
+                return request, 0
         finally:
             lease.release()
         dropped = len(request.messages) - len(kept)
@@ -304,16 +308,22 @@ def _reply(
     return AssistantMessage(content=content, tool_calls=views), finish
 
 
+# Each round renders and tokenizes the whole chat: a bound on what one request may cost.
+_MAX_FIT_ROUNDS = 64
+
+
 def _drop_oldest_turn(messages: list[Any]) -> bool:
     """Removes the oldest turn: the first message that is not a system or developer message,
     with what followed it up to the next user message (the answer, its calls and their
-    results), never the last message; whether there was one to remove."""
-    for i, message in enumerate(messages[:-1]):
+    results). The current turn (from the last user message on: its question, and in an agent
+    loop the calls and results so far) is never touched; whether there was a turn to remove."""
+    current = max((i for i, m in enumerate(messages) if m.role == "user"), default=0)
+    for i, message in enumerate(messages[:current]):
         if message.role in ("system", "developer"):
             continue
         del messages[i]
-        while i < len(messages) - 1 and messages[i].role not in ("user", "system", "developer"):
-            del messages[i]
+        while messages[i].role not in ("user", "system", "developer"):
+            del messages[i]  # stops at the current turn's user message at the latest
         return True
     return False
 

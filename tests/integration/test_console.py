@@ -121,6 +121,8 @@ def test_the_page_is_served_with_a_strict_policy(url: str) -> None:
     assert page.headers["x-content-type-options"] == "nosniff"
     module = httpx.get(f"{url}/console/static/console.js")
     assert module.headers["content-type"].startswith("text/javascript")
+    # The page exists only with its headers: no second copy among the static files.
+    assert httpx.get(f"{url}/console/static/index.html").status_code == 404
 
 
 def test_model_output_is_markdown_with_its_html_shown_as_text(url: str, browser: Browser) -> None:
@@ -129,13 +131,19 @@ def test_model_output_is_markdown_with_its_html_shown_as_text(url: str, browser:
     html = watched.page.evaluate(
         """async () => (await import('/console/static/markdown.js')).renderMarkdown(
             "<img src=x onerror=alert(1)> **bold** <a href='javascript:alert(1)'>x</a>\\n\\n"
-            + "```python\\nprint('<script>')\\n```")"""
+            + "```python\\nprint('<script>')\\n```\\n\\n[site](https://example.com/?q=1) "
+            + "[bad](javascript:alert(1))")"""
     )
     assert "<strong>bold</strong>" in html
     assert "&lt;img src=x onerror=alert(1)&gt;" in html
     assert "<img" not in html
-    assert "<a href" not in html
+    assert "&lt;a href='javascript:alert(1)'&gt;" in html  # raw HTML in the text: shown, not made
     assert '<pre><code class="language-python">' in html
+    # Markdown links: http(s) only, opened in a new tab without a referrer.
+    assert 'href="https://example.com/?q=1"' in html
+    assert 'rel="noopener noreferrer"' in html
+    assert 'target="_blank"' in html
+    assert "javascript:" not in html.split("</code></pre>")[1]
     assert "print(&#39;&lt;script&gt;&#39;)" in html or "print('&lt;script&gt;')" in html
     watched.check_clean()
     watched.context.close()
@@ -217,6 +225,17 @@ def test_a_user_chats_stops_makes_and_revokes_a_key(url: str, browser: Browser) 
     expect(page.locator("#keys-table tbody tr")).to_have_count(0)
     with pytest.raises(openai.AuthenticationError):
         sdk.models.list()
+
+    # Signing out leaves nothing of the session on the page for the next person.
+    page.locator("#key-name").fill("another")
+    page.get_by_role("button", name="Create key").click()
+    expect(page.get_by_label("New API key")).not_to_have_value("")
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    assert page.locator("#new-key-value").input_value() == ""
+    assert page.locator("#new-key").is_hidden()
+    assert page.locator("#transcript li").count() == 0
+    assert page.locator("#keys-table tbody tr").count() == 0
 
     watched.check_clean()
     watched.context.close()

@@ -64,6 +64,28 @@ async def test_drop_oldest_keeps_the_system_prompt_and_the_last_message(tmp_path
         assert "x-context-dropped-messages" not in answer.headers
 
 
+async def test_an_agent_loops_current_turn_is_kept_whole(tmp_path: Path) -> None:
+    engine = FakeEngine()
+    settings = settings_for(tmp_path, APP_CONTEXT_OVERFLOW="drop_oldest")
+    call = {"id": "call_1", "type": "function", "function": {"name": "look", "arguments": "{}"}}
+    messages = [
+        *chat(3)[:-1],
+        {"role": "user", "content": "look it up"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "found it"},
+    ]
+    tool = {"type": "function", "function": {"name": "look", "parameters": {"type": "object"}}}
+    async with AsyncTestClient(app=create_app(settings, engine=engine)) as client:
+        token = bearer(await login(client, ADMIN, ADMIN_PASSWORD))
+        body = {"model": "tinyllama-1.1b", "messages": messages, "tools": [tool], "max_tokens": 4}
+        answer = await client.post("/v1/chat/completions", json=body, headers=token)
+        assert answer.status_code == 200, answer.text
+        assert int(answer.headers["x-context-dropped-messages"]) > 0
+        roles = [m.role for m in engine.chats[-1]]
+        assert roles[0] == "system"
+        assert roles[-3:] == ["user", "assistant", "tool"], roles  # the current turn, whole
+
+
 async def test_what_cannot_be_made_to_fit_is_still_a_400(tmp_path: Path) -> None:
     settings = settings_for(tmp_path, APP_CONTEXT_OVERFLOW="drop_oldest")
     async with AsyncTestClient(app=create_app(settings, engine=FakeEngine())) as client:

@@ -11,6 +11,7 @@ let conversation = [];
 let running = null; // the AbortController of the generation in progress
 let livePoll = null;
 let lastTokens = null;
+let session = 0; // bumped at sign-in and sign-out: late answers of an earlier session are dropped
 
 // --- The API ----------------------------------------------------------------------------------
 
@@ -58,11 +59,22 @@ function notify(message, ok = false) {
 }
 
 async function guarded(action) {
+  const mine = session;
   notify("");
   try {
     await action();
   } catch (error) {
-    if (error.name !== "AbortError") notify(error.message);
+    if (error.name !== "AbortError" && mine === session) notify(error.message);
+  }
+}
+
+// For the live view's timer: its errors show, but it never clears another action's notice.
+async function quietly(action) {
+  const mine = session;
+  try {
+    await action();
+  } catch (error) {
+    if (mine === session) notify(error.message);
   }
 }
 
@@ -83,7 +95,7 @@ function show(view) {
     guarded(loadUsers);
     lastTokens = null;
     guarded(refreshLive);
-    livePoll = setInterval(() => guarded(refreshLive), 3000);
+    livePoll = setInterval(() => quietly(refreshLive), 3000);
   }
   const heading = document.querySelector(`#view-${view} h2`);
   if (heading) {
@@ -94,6 +106,7 @@ function show(view) {
 
 async function signIn(username, password) {
   const answer = await api("/token", { method: "POST", form: { grant_type: "password", username, password } });
+  session += 1;
   token = answer.access_token;
   me = await api("/users/me");
   $("#whoami").textContent = `${me.username}${me.is_admin ? " (admin)" : ""}`;
@@ -105,11 +118,20 @@ async function signIn(username, password) {
 }
 
 function signOut(message = "") {
+  session += 1;
   if (running) running.abort();
   token = null;
   me = null;
   conversation = [];
+  // Nothing of this session stays on the page for the next person at this browser.
   $("#transcript").replaceChildren();
+  for (const form of document.querySelectorAll("form")) form.reset();
+  $("#chat-system").value = "";
+  $("#new-key-value").value = "";
+  $("#new-key").hidden = true;
+  for (const body of document.querySelectorAll("tbody")) body.replaceChildren();
+  $("#live").replaceChildren();
+  $("#usage-limits").textContent = "";
   $("#nav").hidden = true;
   show("signin");
   notify(message);
@@ -164,14 +186,17 @@ async function* events(response) {
 
 async function send(text) {
   const system = $("#chat-system").value.trim();
-  conversation.push({ role: "user", content: text });
+  const convo = conversation; // "New conversation" or sign-out during the answer replaces it
+  convo.push({ role: "user", content: text });
   addTurn("user", text);
   const { content, stats } = addTurn("assistant", "");
+  const item = content.parentElement;
+  item.setAttribute("aria-busy", "true"); // announced once, when complete
   const body = {
     model: $("#chat-model").value,
-    messages: [...(system ? [{ role: "system", content: system }] : []), ...conversation],
+    messages: [...(system ? [{ role: "system", content: system }] : []), ...convo],
     temperature: Number($("#chat-temperature").value),
-    max_tokens: Number($("#chat-max-tokens").value),
+    max_tokens: Number($("#chat-max-tokens").value) || undefined, // empty: the service's default
     stream: true,
     stream_options: { include_usage: true },
   };
@@ -205,15 +230,34 @@ async function send(text) {
       }
     }
   } catch (error) {
-    if (error.name !== "AbortError") notify(error.message);
+    if (error.name !== "AbortError") {
+      notify(
+        error.status === 400 && /context/i.test(error.message)
+          ? `${error.message} Start a new conversation, or shorten the message.`
+          : error.message
+      );
+    }
   } finally {
     const ended = performance.now();
     paint();
     const stopped = running?.signal.aborted;
     running = null;
+    item.removeAttribute("aria-busy");
     $("#chat-stop").disabled = true;
     $("#chat-send").disabled = false;
-    if (answer) conversation.push({ role: "assistant", content: answer });
+    if (convo === conversation) {
+      if (answer) {
+        convo.push({ role: "assistant", content: answer });
+      } else if (!stopped) {
+        // Nothing came back (refused, or failed before the first token): the question is
+        // taken back, so the next one is not sent after an unanswered one.
+        convo.pop();
+        item.previousElementSibling?.remove();
+        item.remove();
+        $("#chat-input").value ||= text;
+      }
+      $("#chat-input").focus();
+    }
     const parts = [];
     if (first !== null) parts.push(`first token ${Math.round(first - started)} ms`);
     const generated = usage?.completion_tokens;
@@ -246,7 +290,9 @@ function button(label, action, className = "secondary") {
 }
 
 async function loadAccount() {
+  const mine = session;
   const [usage, keys] = await Promise.all([api("/users/me/usage?days=30"), api("/users/me/api-keys")]);
+  if (mine !== session) return;
   const limit = (value, unit) => (value ? `${value.toLocaleString()} ${unit}` : `no limit on ${unit}`);
   const left = usage.tokens_per_day ? Math.max(usage.tokens_per_day - usage.tokens_today, 0) : null;
   $("#usage-limits").textContent =
@@ -314,7 +360,9 @@ function drawChart(days) {
 // --- Admin ------------------------------------------------------------------------------------
 
 async function loadUsers() {
+  const mine = session;
   const users = await api("/admin/users");
+  if (mine !== session) return;
   $("#users-table tbody").replaceChildren(...users.map(userRow));
 }
 
@@ -395,6 +443,7 @@ function metric(text, name) {
 }
 
 async function refreshLive() {
+  const mine = session;
   const health = await (await fetch("/health")).json();
   let rate = "…";
   try {
@@ -407,6 +456,7 @@ async function refreshLive() {
     if (error.status !== 404) throw error;
     rate = "n/a";
   }
+  if (mine !== session) return;
   const loaded = (health.models || []).map((m) => `${m.id} (${m.state})`).join(", ") || health.model;
   const items = [
     ["Status", health.status],

@@ -16,6 +16,17 @@ const markdown = new Marked({
   },
 });
 
+// Links in an answer may only be http(s) and open in a new tab, without a referrer: following one
+// does not navigate the console away (and lose the session), nor tell the site where it came from.
+DOMPurify.addHook("afterSanitizeAttributes", (node) => {
+  if (node.tagName === "A") {
+    const href = node.getAttribute("href") || "";
+    if (!/^https?:\/\//i.test(href)) node.removeAttribute("href");
+    node.setAttribute("target", "_blank");
+    node.setAttribute("rel", "noopener noreferrer");
+  }
+});
+
 export function renderMarkdown(text) {
   return DOMPurify.sanitize(markdown.parse(text), {
     USE_PROFILES: { html: true },
