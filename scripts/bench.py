@@ -577,16 +577,20 @@ def start_service(
         **extra,
     }
     process = subprocess.Popen([sys.executable, "-m", "app", "serve"], env=env, cwd=data)
-    url = f"http://127.0.0.1:{port}"
+    return process, healthy(process, f"http://127.0.0.1:{port}", "the service")
+
+
+def healthy(process: subprocess.Popen[bytes], url: str, what: str) -> str:
+    """``url``, once its /health answers 200 (within a minute); else the process is killed."""
     for _ in range(600):
         try:
             if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return process, url
+                return url
         except httpx.TransportError:
             pass
         time.sleep(0.1)
     process.kill()
-    raise SystemExit("the service did not become healthy")
+    raise SystemExit(f"{what} did not become healthy")
 
 
 def start_peer(
@@ -610,16 +614,7 @@ def start_peer(
     argv += ["--no-webui"]  # prompt caching stays on: the service reuses cached prefixes too
     env = {**os.environ, "GOMP_SPINCOUNT": "30000"}  # as python -m app serve sets it
     process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    process.kill()
-    raise SystemExit("llama-server did not become healthy")
+    return process, healthy(process, f"http://127.0.0.1:{port}", "llama-server")
 
 
 def api_key(url: str) -> str:

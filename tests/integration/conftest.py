@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import openai
 import pytest
+from playwright.sync_api import Browser, sync_playwright
 
 from app.factory import create_app
 from app.settings import Settings
@@ -53,3 +55,29 @@ def client(server: RunningServer) -> openai.OpenAI:
 def async_client(server: RunningServer) -> openai.AsyncOpenAI:
     """The official async SDK, authenticated with an API key."""
     return openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key=server.api_key, max_retries=0)
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's headless Chromium, driven by Playwright (which never downloads a browser)."""
+    assert Path(CHROMIUM).exists(), (
+        "this test needs Debian's chromium (apt-get install chromium); scripts/test installs it "
+        "when run as root"
+    )
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        yield browser
+        browser.close()

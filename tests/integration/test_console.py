@@ -8,7 +8,6 @@ nothing fetched from another origin; the page fits a phone-width window."""
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,13 +15,12 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, Route, expect, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, Route, expect
 
 from app.factory import create_app
 from app.settings import Settings
 from tests.integration.support import MODEL_ID, SERVER_ADMIN_PASSWORD, access_token, served
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Screenshots for the README: set APP_CONSOLE_SCREENSHOTS to a folder to keep them.
 SCREENSHOTS = os.environ.get("APP_CONSOLE_SCREENSHOTS")
 
@@ -44,21 +42,6 @@ def url(model_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     )
     with served(create_app(settings)) as address:
         yield address
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    assert Path(CHROMIUM).exists(), (
-        "this test needs Debian's chromium (apt-get install chromium); scripts/test installs it "
-        "when run as root"
-    )
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        yield browser
-        browser.close()
 
 
 class Watched:
