@@ -11,7 +11,7 @@ import msgspec
 
 from app.accounts.passwords import Passwords
 from app.accounts.schemas import ApiKeyView, NewApiKey, User, UserUpdate
-from app.accounts.store import AccountStore, UsernameTaken
+from app.accounts.store import AccountStore, LastAdmin, UsernameTaken
 from app.errors import (
     Conflict,
     InvalidCredentials,
@@ -127,37 +127,38 @@ class AccountService:
         """Disables or enables, grants or revokes admin, resets the password, sets limits."""
         user = await self.user(username)
         losing_admin = user.is_admin and (update.disabled is True or update.is_admin is False)
-        if losing_admin:
-            await self._keep_an_admin(user)
+        new_hash = None
         if update.password is not None:
             new_hash = await self._passwords.hash(update.password)
-            await self._store.set_password(user.id, new_hash, revoke_tokens=True)
-        if update.disabled is not None and update.disabled != user.disabled:
-            await self._store.set_disabled(user.id, update.disabled)
-        if update.is_admin is not None and update.is_admin != user.is_admin:
-            await self._store.set_admin(user.id, update.is_admin)
         limits = {
             name: value
             for name in ("requests_per_minute", "tokens_per_day")
             if (value := getattr(update, name)) is not msgspec.UNSET
         }
-        if limits:
-            await self._store.set_limits(user.id, limits)
+        try:
+            await self._store.update_user(
+                user.id,
+                password_hash=new_hash,
+                disabled=update.disabled if update.disabled != user.disabled else None,
+                is_admin=update.is_admin if update.is_admin != user.is_admin else None,
+                limits=limits,
+                keep_an_admin=losing_admin,
+            )
+        except LastAdmin:
+            raise self._last_admin(user) from None
         return await self.user(username)
 
     async def delete_user(self, username: str) -> None:
         """Deletes the account and its API keys."""
         user = await self.user(username)
-        if user.is_admin:
-            await self._keep_an_admin(user)
-        await self._store.delete_user(user.id)
+        try:
+            await self._store.delete_user(user.id, keep_an_admin=user.is_admin)
+        except LastAdmin:
+            raise self._last_admin(user) from None
 
-    async def _keep_an_admin(self, losing: User) -> None:
-        others = [u for u in await self._store.users() if u.is_admin and not u.disabled]
-        if all(u.id == losing.id for u in others):
-            raise Conflict(
-                f"'{losing.username}' is the last enabled admin; make another admin first."
-            )
+    @staticmethod
+    def _last_admin(losing: User) -> Conflict:
+        return Conflict(f"'{losing.username}' is the last enabled admin; make another admin first.")
 
     async def ensure_admin(self, username: str, password: str | None) -> str | None:
         """Creates the first admin when none exists; returns the password if it was generated."""

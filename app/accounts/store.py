@@ -8,6 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import RowMapping
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.accounts.schemas import ApiKeyView, User
 from app.db import Database
@@ -33,6 +34,22 @@ def _user(row: RowMapping | None) -> User | None:
     )
 
 
+async def _another_admin(connection: AsyncConnection, user_id: int) -> None:
+    """Raises ``LastAdmin`` unless an enabled admin other than ``user_id`` exists. On
+    PostgreSQL the enabled admins' rows are locked, in id order (no deadlock), until the
+    transaction ends; SQLite's exclusive transaction runs alone anyway."""
+    admins = (
+        sa.select(users.c.id)
+        .where(users.c.is_admin.is_(True), users.c.disabled.is_(False))
+        .order_by(users.c.id)
+    )
+    if connection.dialect.name == "postgresql":
+        admins = admins.with_for_update()
+    ids = (await connection.execute(admins)).scalars().all()
+    if not any(other != user_id for other in ids):
+        raise LastAdmin(user_id)
+
+
 def _api_key(row: RowMapping) -> ApiKeyView:
     return ApiKeyView(
         id=row["id"],
@@ -45,6 +62,10 @@ def _api_key(row: RowMapping) -> ApiKeyView:
 
 class UsernameTaken(Exception):
     """The username exists already (usernames are unique regardless of case)."""
+
+
+class LastAdmin(Exception):
+    """The change would leave no enabled admin."""
 
 
 class AccountStore:
@@ -103,27 +124,44 @@ class AccountStore:
             token_version=users.c.token_version + int(revoke_tokens),
         )
 
-    async def set_disabled(self, user_id: int, disabled: bool) -> None:
-        # Disabling also ends existing tokens, so re-enabling does not revive them.
-        await self._update(
-            user_id, disabled=disabled, token_version=users.c.token_version + int(disabled)
-        )
+    async def delete_user(self, user_id: int, *, keep_an_admin: bool = False) -> None:
+        """Deletes the account (its keys, usage and responses go with it). ``keep_an_admin``:
+        raises ``LastAdmin`` instead if no other enabled admin would be left."""
+        async with self._db.transaction(exclusive=True) as connection:
+            if keep_an_admin:
+                await _another_admin(connection, user_id)
+            await connection.execute(sa.delete(users).where(users.c.id == user_id))
 
-    async def set_admin(self, user_id: int, is_admin: bool) -> None:
-        await self._update(user_id, is_admin=is_admin)
-
-    async def set_limits(self, user_id: int, limits: dict[str, int | None]) -> None:
-        """Sets ``requests_per_minute`` and/or ``tokens_per_day`` (None: the default)."""
-        values = {
-            name: limits[name]
-            for name in ("requests_per_minute", "tokens_per_day")
-            if name in limits
-        }
-        if values:
-            await self._update(user_id, **values)
-
-    async def delete_user(self, user_id: int) -> None:
-        await self._db.execute(sa.delete(users).where(users.c.id == user_id))
+    async def update_user(
+        self,
+        user_id: int,
+        *,
+        password_hash: str | None = None,
+        disabled: bool | None = None,
+        is_admin: bool | None = None,
+        limits: dict[str, int | None] | None = None,
+        keep_an_admin: bool = False,
+    ) -> None:
+        """An admin's change to an account, all of it in one transaction. A new password or
+        disabling ends the account's tokens. ``keep_an_admin``: raises ``LastAdmin`` instead if
+        no other enabled admin would be left (checked with the admins locked, so two admins
+        demoting each other at once on two replicas cannot both succeed)."""
+        values: dict[str, Any] = dict(limits or {})
+        if password_hash is not None:
+            values["password_hash"] = password_hash
+        if disabled is not None:
+            values["disabled"] = disabled
+        if is_admin is not None:
+            values["is_admin"] = is_admin
+        if password_hash is not None or disabled:
+            values["token_version"] = users.c.token_version + 1
+        async with self._db.transaction(exclusive=True) as connection:
+            if keep_an_admin:
+                await _another_admin(connection, user_id)
+            if values:
+                await connection.execute(
+                    sa.update(users).where(users.c.id == user_id).values(**values)
+                )
 
     async def create_api_key(
         self, user_id: int, name: str, prefix: str, key_hash: str

@@ -243,14 +243,19 @@ class Database:
         return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
 
     @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+    async def transaction(self, *, exclusive: bool = False) -> AsyncIterator[AsyncConnection]:
         """One connection in one transaction, committed when the block ends without error.
+        ``exclusive``: on SQLite, the write lock is taken at BEGIN, so a transaction that reads
+        before it writes runs alone (PostgreSQL's callers lock the rows they read instead).
 
         Raises ``DatabaseDown`` (a 503) when the database does not answer; nothing is written.
         """
         try:
-            async with self.engine.begin() as connection:
-                yield connection
+            async with self.engine.connect() as connection:
+                if exclusive:
+                    await connection.execution_options(sqlite_begin="IMMEDIATE")
+                async with connection.begin():
+                    yield connection
         except Exception as exc:
             if is_outage(exc):
                 raise _down(exc) from exc

@@ -12,11 +12,12 @@ import pytest
 from argon2 import PasswordHasher
 
 from app.accounts.passwords import Passwords
+from app.accounts.schemas import UserUpdate
 from app.accounts.service import AccountService, AdminBootstrapError
 from app.accounts.store import AccountStore
 from app.accounts.throttle import LoginThrottle
 from app.db import Database
-from app.errors import InvalidCredentials, TooManyAttempts
+from app.errors import Conflict, InvalidCredentials, TooManyAttempts
 from app.factory import account_service
 from app.settings import Settings
 
@@ -161,3 +162,22 @@ async def test_the_settings_choose_the_hash_cost_and_a_change_upgrades_at_login(
     user = await AccountStore(db).user_by_name("kim")
     assert user is not None
     assert "$m=65536,t=3,p=4$" in user.password_hash  # argon2-cffi's RFC 9106 defaults
+
+
+async def test_two_admins_removing_each_other_at_once_leave_one(db: Database) -> None:
+    accounts = service(db, FAST)
+    for name in ("ann", "ben"):
+        await accounts.create_user(name, f"{name}-password-1", is_admin=True)
+    # Each request checks "another enabled admin exists" and then writes: together, on two
+    # replicas, both checks could pass. The check and the write are one transaction, with the
+    # admins locked: exactly one of the two goes through.
+    outcomes = await asyncio.gather(
+        accounts.update_user("ann", UserUpdate(disabled=True)),
+        accounts.update_user("ben", UserUpdate(is_admin=False)),
+        return_exceptions=True,
+    )
+    assert sum(isinstance(outcome, Conflict) for outcome in outcomes) == 1, outcomes
+    enabled_admins = [u for u in await accounts.users() if u.is_admin and not u.disabled]
+    assert len(enabled_admins) == 1
+    with pytest.raises(Conflict, match="last enabled admin"):
+        await accounts.delete_user(enabled_admins[0].username)
