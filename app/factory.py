@@ -42,7 +42,7 @@ from app.anthropic.controllers import AnthropicController
 from app.anthropic.serving import MessagesServing
 from app.console.controllers import console_handlers
 from app.db import Database, database_url
-from app.errors import exception_handlers, require_json_body
+from app.error_responses import exception_handlers
 from app.inference.catalog import Catalog, ModelSpec, load_catalog
 from app.inference.engine import EngineConfig, LoadedModel
 from app.inference.host import EngineLoader, HostConfig, ModelHost, load_llama_engine
@@ -56,6 +56,7 @@ from app.openai.serving_models import ModelServing
 from app.openai.serving_responses import ResponsesServing
 from app.settings import ConfigError, Settings
 from app.system.access import RequestContext
+from app.system.content_type import require_json_body
 from app.system.disconnect import CancelOnDisconnect
 from app.system.docs import RENDER_PLUGINS, SCHEMA_PATH, docs_handlers, document_streaming
 from app.system.health import health

@@ -30,7 +30,8 @@ from app.accounts.schemas import (
 from app.accounts.service import AccountService
 from app.accounts.throttle import LoginThrottle
 from app.accounts.usage import UsageLedger, UsageReport, UserDayUsage
-from app.errors import InvalidCredentials, InvalidRequest, WrongPassword, error_responses
+from app.error_responses import error_responses
+from app.errors import InvalidCredentials, InvalidRequest, WrongPassword
 
 Accounts = NamedDependency[SkipValidation[AccountService]]
 LimitsDependency = NamedDependency[SkipValidation[Limits]]

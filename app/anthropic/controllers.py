@@ -22,7 +22,7 @@ from app.anthropic.protocol import (
     MessagesRequest,
 )
 from app.anthropic.serving import MessagesServing
-from app.errors import error_responses
+from app.error_responses import error_responses
 from app.openai.controllers import Admitted, admit_caller, event_stream
 
 Messages = NamedDependency[SkipValidation[MessagesServing]]

@@ -13,12 +13,22 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-from app.errors import AnthropicError
 from app.openai.protocol import MAX_MESSAGES, MAX_TOKENS, StopText
 from app.openai.protocol_chat import MAX_TOOLS
 from app.openai.protocol_tools import FunctionName
 
 StopReason = Literal["end_turn", "max_tokens", "stop_sequence", "tool_use"]
+
+
+class AnthropicErrorBody(msgspec.Struct):
+    type: str
+    message: str
+
+
+class AnthropicError(msgspec.Struct, tag="error", tag_field="type"):
+    """Anthropic's error shape: ``{"type": "error", "error": {"type", "message"}}``."""
+
+    error: AnthropicErrorBody
 
 
 class TextBlock(msgspec.Struct, tag="text", tag_field="type", kw_only=True):

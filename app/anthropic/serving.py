@@ -18,6 +18,8 @@ from typing import TypeVar
 
 from app.accounts.limits import Caller
 from app.anthropic.protocol import (
+    AnthropicError,
+    AnthropicErrorBody,
     ContentBlockDelta,
     ContentBlockStart,
     ContentBlockStop,
@@ -51,13 +53,8 @@ from app.anthropic.protocol import (
     ToolUseOut,
     event,
 )
-from app.errors import (
-    AnthropicError,
-    AnthropicErrorBody,
-    InvalidRequest,
-    ServiceError,
-    anthropic_error_type,
-)
+from app.error_responses import anthropic_error_type
+from app.errors import InvalidRequest, ServiceError
 from app.openai.protocol_chat import ChatCompletionRequest, JsonSchemaFormat, JsonSchemaSpec
 from app.openai.protocol_chat import Message as ChatMessage
 from app.openai.protocol_tools import (

@@ -24,7 +24,7 @@ from litestar.types import Receive, Send
 
 from app.accounts.limits import Caller, Limits
 from app.accounts.schemas import User
-from app.errors import error_responses
+from app.error_responses import error_responses
 from app.openai.protocol_chat import ChatCompletion, ChatCompletionRequest
 from app.openai.protocol_completions import CompletionRequest, CompletionResponse
 from app.openai.protocol_embeddings import EmbeddingList, EmbeddingRequest

@@ -20,13 +20,8 @@ import msgspec
 
 from app.accounts.limits import Caller, Limits
 from app.accounts.usage import UsageLedger
-from app.errors import (
-    ContextLengthExceeded,
-    ErrorDetail,
-    ErrorResponse,
-    InvalidRequest,
-    ServiceError,
-)
+from app.error_responses import ErrorDetail, ErrorResponse
+from app.errors import ContextLengthExceeded, InvalidRequest, ServiceError
 from app.inference.engine import (
     Engine,
     Finished,

@@ -26,7 +26,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 
 from app.accounts.auth import admin_only
-from app.errors import error_responses
+from app.error_responses import error_responses
 from app.inference.engine import EngineStats
 
 logger = logging.getLogger(__name__)
