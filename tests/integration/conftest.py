@@ -11,34 +11,27 @@ import pytest
 from playwright.sync_api import Browser, sync_playwright
 
 from app.factory import create_app
-from app.settings import Settings
 from tests.integration.support import (
     CONTEXT_SIZE,
-    MODEL_ID,
     SERVER_ADMIN_PASSWORD,
     RunningServer,
     access_token,
     new_api_key,
     served,
+    server_settings,
 )
 
 
 @pytest.fixture(scope="session")
 def server(model_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    settings = Settings.from_mapping(
-        {
-            "APP_DATA_DIR": str(tmp_path_factory.mktemp("data")),
-            "APP_ADMIN_PASSWORD": SERVER_ADMIN_PASSWORD,
-            "APP_PASSWORD_HASH_MEMORY_KIB": "1024",
-            "APP_PASSWORD_HASH_TIME_COST": "1",
-            "APP_MODEL_PATH": str(model_file),
-            "APP_MODEL_NAME": MODEL_ID,
-            "APP_CONTEXT_SIZE": str(CONTEXT_SIZE),
-            "APP_MAX_LENGTH": "16",
-            "APP_REQUESTS_PER_MINUTE": "0",
-            "APP_TOKENS_PER_DAY": "0",
-            "APP_CONCURRENT_PER_USER": "0",
-        }
+    settings = server_settings(
+        tmp_path_factory.mktemp("data"),
+        model_file,
+        APP_CONTEXT_SIZE=str(CONTEXT_SIZE),
+        APP_MAX_LENGTH="16",
+        APP_REQUESTS_PER_MINUTE="0",
+        APP_TOKENS_PER_DAY="0",
+        APP_CONCURRENT_PER_USER="0",
     )
     with served(create_app(settings)) as url:
         key = new_api_key(url, access_token(url, "admin", SERVER_ADMIN_PASSWORD), "tests")

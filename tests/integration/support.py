@@ -37,6 +37,22 @@ class RunningServer:
     api_key: str
 
 
+def server_settings(data_dir: Path, model_file: Path, **overrides: str) -> Settings:
+    """Settings of an in-thread server on the real GGUF (``served``): data in ``data_dir``, the
+    known admin password, cheap password hashing; ``overrides`` (APP_* names) on top."""
+    return Settings.from_mapping(
+        {
+            "APP_DATA_DIR": str(data_dir),
+            "APP_ADMIN_PASSWORD": SERVER_ADMIN_PASSWORD,
+            "APP_PASSWORD_HASH_MEMORY_KIB": "1024",
+            "APP_PASSWORD_HASH_TIME_COST": "1",
+            "APP_MODEL_PATH": str(model_file),
+            "APP_MODEL_NAME": MODEL_ID,
+            **overrides,
+        }
+    )
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -8,6 +8,7 @@ nothing fetched from another origin; the page fits a phone-width window."""
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +19,13 @@ import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, Route, expect
 
 from app.factory import create_app
-from app.settings import Settings
-from tests.integration.support import MODEL_ID, SERVER_ADMIN_PASSWORD, access_token, served
+from tests.integration.support import (
+    MODEL_ID,
+    SERVER_ADMIN_PASSWORD,
+    access_token,
+    served,
+    server_settings,
+)
 
 # Screenshots for the README: set APP_CONSOLE_SCREENSHOTS to a folder to keep them.
 SCREENSHOTS = os.environ.get("APP_CONSOLE_SCREENSHOTS")
@@ -27,18 +33,9 @@ SCREENSHOTS = os.environ.get("APP_CONSOLE_SCREENSHOTS")
 
 @pytest.fixture(scope="module")
 def url(model_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    settings = Settings.from_mapping(
-        {
-            "APP_DATA_DIR": str(tmp_path_factory.mktemp("console")),
-            "APP_ADMIN_PASSWORD": SERVER_ADMIN_PASSWORD,
-            "APP_PASSWORD_HASH_MEMORY_KIB": "1024",
-            "APP_PASSWORD_HASH_TIME_COST": "1",
-            "APP_MODEL_PATH": str(model_file),
-            "APP_MODEL_NAME": MODEL_ID,
-            # Room for a generation long enough to be stopped halfway.
-            "APP_CONTEXT_SIZE": "2048",
-            "APP_PARALLEL": "2",
-        }
+    # Room for a generation long enough to be stopped halfway; the default per-user limits.
+    settings = server_settings(
+        tmp_path_factory.mktemp("console"), model_file, APP_CONTEXT_SIZE="2048", APP_PARALLEL="2"
     )
     with served(create_app(settings)) as address:
         yield address
@@ -100,7 +97,13 @@ def test_the_page_is_served_with_a_strict_policy(url: str) -> None:
     for directive in ("default-src 'none'", "script-src 'self'", "frame-ancestors 'none'"):
         assert directive in policy
     assert "unsafe-inline" not in policy
-    assert "<script>" not in page.text  # the module is a file: no inline script
+    # No inline script, handler or style: every script is a file of this origin.
+    scripts = re.findall(r"<script\b[^>]*>", page.text)
+    assert scripts
+    assert all(re.search(r'\bsrc="/console/static/[^"]+\.js"', tag) for tag in scripts), scripts
+    assert not re.search(r"<script\b[^>]*>\s*[^<\s]", page.text)
+    assert not re.search(r"\son[a-z]+\s*=", page.text), "an inline event handler"
+    assert not re.search(r"\sstyle\s*=", page.text), "an inline style"
     assert page.headers["x-content-type-options"] == "nosniff"
     module = httpx.get(f"{url}/console/static/console.js")
     assert module.headers["content-type"].startswith("text/javascript")

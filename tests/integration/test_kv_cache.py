@@ -12,8 +12,13 @@ import pytest
 from app.factory import create_app
 from app.inference.engine import EngineConfig
 from app.inference.quality import measure
-from app.settings import Settings
-from tests.integration.support import SERVER_ADMIN_PASSWORD, access_token, served
+from tests.integration.support import (
+    MODEL_ID,
+    SERVER_ADMIN_PASSWORD,
+    access_token,
+    served,
+    server_settings,
+)
 
 # A fixed reference text (written for this test): ordinary prose the model predicts reasonably.
 REFERENCE = (
@@ -65,23 +70,14 @@ def test_a_quantised_cache_saves_memory_at_a_small_cost(
 def test_the_service_generates_with_a_q8_0_cache(
     model_file: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    settings = Settings.from_mapping(
-        {
-            "APP_DATA_DIR": str(tmp_path_factory.mktemp("kv")),
-            "APP_ADMIN_PASSWORD": SERVER_ADMIN_PASSWORD,
-            "APP_PASSWORD_HASH_MEMORY_KIB": "1024",
-            "APP_PASSWORD_HASH_TIME_COST": "1",
-            "APP_MODEL_PATH": str(model_file),
-            "APP_MODEL_NAME": "smol",
-            "APP_CONTEXT_SIZE": "512",
-            "APP_KV_CACHE_TYPE": "q8_0",
-        }
+    settings = server_settings(
+        tmp_path_factory.mktemp("kv"), model_file, APP_CONTEXT_SIZE="512", APP_KV_CACHE_TYPE="q8_0"
     )
     with served(create_app(settings)) as url:
         token = access_token(url, "admin", SERVER_ADMIN_PASSWORD)
         answer = httpx.post(
             f"{url}/v1/completions",
-            json={"model": "smol", "prompt": "The sea", "max_tokens": 8, "temperature": 0},
+            json={"model": MODEL_ID, "prompt": "The sea", "max_tokens": 8, "temperature": 0},
             headers={"Authorization": f"Bearer {token}"},
             timeout=120,
         )
