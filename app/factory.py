@@ -135,6 +135,7 @@ def host_config(settings: Settings) -> HostConfig:
             queue_timeout=settings.queue_timeout,
             chat_format_fallback=settings.chat_format_fallback,
             kv_cache_type=settings.kv_cache_type,
+            draft_tokens=settings.draft_tokens,
         ),
         max_loaded_models=settings.max_loaded_models,
         queue_timeout=settings.queue_timeout,

@@ -171,6 +171,17 @@ class Settings(
             )
         ),
     ] = "f16"
+    draft_tokens: Annotated[
+        int,
+        Meta(
+            ge=0,
+            le=64,
+            description=(
+                "Prompt lookup: the longest draft of tokens a sequence takes from its own "
+                "prompt and output, checked by the model in one batch; 0 turns it off."
+            ),
+        ),
+    ] = 8
     max_queue: Annotated[
         int,
         Meta(ge=0, le=10_000, description="Requests that may wait for a slot; beyond that, 429."),

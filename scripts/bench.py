@@ -644,7 +644,9 @@ def main() -> int:
         ),
     )
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument(
+        "--max-tokens", type=int, help="tokens per request at most (128; grounded: 256)"
+    )
     parser.add_argument("--concurrency", default="1,2,4,8")
     parser.add_argument("--context", type=int, default=1024)
     # 32 requests: 4 rounds per client at C=8, so that the ramp-up and the last round's tail
@@ -652,14 +654,15 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=32, help="requests per concurrency level")
     parser.add_argument(
         "--workload",
-        choices=["stream", "tools", "followup", "embeddings", "shared", "kv"],
+        choices=["stream", "tools", "followup", "embeddings", "shared", "kv", "grounded"],
         default="stream",
         help="stream: completions against the in-process baseline; tools: grammar-constrained "
         "tool calls against free text; followup: a /v1/responses follow-up through "
         "previous_response_id against the same conversation sent cold; embeddings: batched "
         "/v1/embeddings against one Llama(embedding=True) call a passage; shared: the stream load "
         "at the highest concurrency on PostgreSQL + Valkey against SQLite + memory; kv: memory, "
-        "quality and speed of each APP_KV_CACHE_TYPE",
+        "quality and speed of each APP_KV_CACHE_TYPE; grounded: 20 chats that rewrite or extract "
+        "from their prompt, with prompt lookup drafting, without it, and (--peer) on llama-server",
     )
     parser.add_argument(
         "--peer",
@@ -669,6 +672,7 @@ def main() -> int:
         "level by level with ours, and print ours / theirs",
     )
     args = parser.parse_args()
+    args.max_tokens = args.max_tokens or (256 if args.workload == "grounded" else 128)
     levels = [int(c) for c in args.concurrency.split(",")]
     if args.workload == "tools":
         return tools_workload(args, levels)
@@ -680,6 +684,10 @@ def main() -> int:
         return shared_workload(args, levels)
     if args.workload == "kv":
         return kv_workload(args, levels)
+    if args.workload == "grounded":
+        import bench_grounded
+
+        return bench_grounded.workload(args, levels)
 
     print(
         f"model {args.model.name}, {args.threads} threads, {args.requests} requests of "

@@ -37,6 +37,9 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
     kv_cache_type: Literal["f16", "q8_0", "q4_0"] = "f16"
     """The KV cache's element type: q8_0 takes about half of f16's memory, q4_0 about 28%
     (quantised types need flash attention, which is then turned on)."""
+    draft_tokens: int = 8
+    """The longest draft a sequence proposes from its own prompt and output (prompt lookup);
+    0 turns drafting off."""
 
 
 class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
@@ -112,6 +115,10 @@ class EngineStats(msgspec.Struct, frozen=True, kw_only=True):
     slots: int
     busy: int
     waiting: int
+    drafted: int = 0
+    """Tokens drafted by prompt lookup and checked by the model, since the engine started."""
+    accepted: int = 0
+    """Of those, the ones the model would have picked: kept."""
 
 
 class ToolCall(msgspec.Struct, frozen=True, kw_only=True):

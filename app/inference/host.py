@@ -155,6 +155,7 @@ class ModelHost:
         self._settled = asyncio.Event()
         self._swap = asyncio.Lock()  # one load or unload at a time
         self._released = asyncio.Event()
+        self._retired = (0, 0)  # tokens drafted and accepted by engines since unloaded
         if engine is not None:  # tests above the engine: the default model is ready
             default = self.models[catalog.default.id]
             default.engine, default.state, default.kind = engine, ModelState.READY, engine.kind
@@ -309,12 +310,16 @@ class ModelHost:
         model.state = ModelState.UNLOADED
         if engine is not None:
             logger.info("unloading %r, the least recently used model", model.id)
+            last = engine.stats()
+            drafted, accepted = self._retired
+            self._retired = (drafted + last.drafted, accepted + last.accepted)
             await engine.close(grace=0)
 
     # --- state and shutdown --------------------------------------------------------------------
 
     def stats(self) -> EngineStats | None:
-        """The load over every loaded engine, or None while none is loaded."""
+        """The load over every loaded engine, or None while none is loaded; the draft counts
+        include those of engines unloaded since (they only grow)."""
         engines = [m.engine for m in self.models.values() if m.engine is not None]
         if not engines:
             return None
@@ -323,6 +328,8 @@ class ModelHost:
             slots=sum(s.slots for s in each),
             busy=sum(s.busy for s in each),
             waiting=sum(s.waiting for s in each),
+            drafted=self._retired[0] + sum(s.drafted for s in each),
+            accepted=self._retired[1] + sum(s.accepted for s in each),
         )
 
     def download_percent(self) -> float | None:

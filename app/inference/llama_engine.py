@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+import llama_cpp
 import msgspec
 from llama_cpp import _internals as internals
 
@@ -70,6 +71,7 @@ class LlamaEngine:
             max_queue=config.max_queue,
             queue_timeout=config.queue_timeout,
             preserved=self._call_markers(),
+            draft_tokens=config.draft_tokens if _can_rewind(model) else 0,
         )
 
     @classmethod
@@ -244,3 +246,12 @@ class LlamaEngine:
         self._prep.shutdown(wait=True, cancel_futures=True)
         self._ctx.close()
         self._model.close()
+
+
+def _can_rewind(model: internals.LlamaModel) -> bool:
+    """Whether a sequence's last tokens can be taken out of its cache, which drafting needs
+    (the refused tokens go): not in the state of a recurrent or hybrid model (Mamba, RWKV)."""
+    return not (
+        llama_cpp.llama_model_is_recurrent(model.model)
+        or llama_cpp.llama_model_is_hybrid(model.model)
+    )

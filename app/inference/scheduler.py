@@ -30,6 +30,7 @@ import contextlib
 import logging
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,7 @@ import llama_cpp
 from llama_cpp import _internals as internals
 
 from app.errors import EngineStopping, InvalidRequest, QueueFull
+from app.inference.drafting import Acceptance, PromptLookup, StepCosts, plan
 from app.inference.engine import (
     EngineStats,
     Finished,
@@ -50,6 +52,10 @@ from app.inference.slots import Slot, best_slot, common_prefix, keep_consecutive
 from app.inference.text import StopMatcher, Utf8Stream
 
 logger = logging.getLogger(__name__)
+
+MAX_STEP_DRAFTS = 64
+"""Drafted tokens in one step at most: each needs its logits, and llama.cpp keeps an output
+buffer as large as the most logits a step ever asked for (vocabulary x 4 bytes each)."""
 
 ADMITTED = object()
 """The first event of an admitted request (a slot was found); TextDelta and Finished events or
@@ -83,8 +89,13 @@ class Scheduler:
         max_queue: int,
         queue_timeout: float,
         preserved: frozenset[int] = frozenset(),
+        draft_tokens: int = 0,
     ) -> None:
         self._model = model
+        self._draft_tokens = draft_tokens
+        self._drafts = (0, 0)  # tokens drafted, and accepted; one tuple: read by stats()
+        self._costs = StepCosts()
+        self._acceptance = Acceptance()
         self._preserved = preserved
         self._ctx = context
         self._context_size = context_size
@@ -113,7 +124,11 @@ class Scheduler:
     def stats(self) -> EngineStats:
         """Slots in use and requests waiting; without the lock, so it never waits."""
         return EngineStats(
-            slots=len(self._slots), busy=self._busy_slots, waiting=len(self._waiting)
+            slots=len(self._slots),
+            busy=self._busy_slots,
+            waiting=len(self._waiting),
+            drafted=self._drafts[0],
+            accepted=self._drafts[1],
         )
 
     def submit(self, request: Request) -> None:
@@ -272,14 +287,19 @@ class Scheduler:
         slot.utf8 = Utf8Stream()
         slot.stops = StopMatcher(params.stop)
         slot.pending = []
+        slot.draft = []
+        slot.lookup = (
+            PromptLookup.of(request.prompt, self._draft_tokens) if self._draft_tokens else None
+        )
 
     def _step(self) -> None:
-        """One decode of the next token of each running sequence plus prompt chunks."""
+        """One decode of the next token of each running sequence (and of its draft, if it
+        drafts) plus prompt chunks."""
         batch = self._batch.batch
         batch.n_tokens = 0
         to_sample: list[tuple[Slot, int]] = []
 
-        def add(slot: Slot, token: int, logits: bool) -> None:
+        def add(slot: Slot, token: int, logits: bool, *, sample: bool) -> None:
             i = batch.n_tokens
             batch.token[i] = token
             batch.pos[i] = len(slot.cached)
@@ -288,7 +308,7 @@ class Scheduler:
             batch.logits[i] = logits
             batch.n_tokens = i + 1
             slot.cached.append(token)
-            if logits:
+            if sample:
                 to_sample.append((slot, i))
 
         for slot in self._slots:
@@ -299,11 +319,18 @@ class Scheduler:
                 self._slots.sort(key=lambda slot: slot.seq)
         # In sequence id order: each sequence's tokens together, the first ones ascending.
         running = [(s, s.request) for s in self._slots if s.request is not None]
-        # Every generating sequence gets its next token; prompt chunks share what is left.
-        room = BATCH - sum(slot.prefilled == len(request.prompt) for slot, request in running)
+        generating = [slot for slot, request in running if slot.prefilled == len(request.prompt)]
+        # A step that computes a prompt chunk is that chunk's: it drafts nothing.
+        prefilling = len(generating) < len(running)
+        self._plan_drafts([] if prefilling else generating)
+        # Every generating sequence gets its next token and its draft; prompt chunks share
+        # what is left.
+        room = BATCH - sum(1 + len(slot.draft) for slot in generating)
         for slot, request in running:
             if slot.prefilled == len(request.prompt):
-                add(slot, slot.last_token, True)
+                add(slot, slot.last_token, True, sample=True)
+                for token in slot.draft:
+                    add(slot, token, True, sample=False)
                 continue
             if room <= 0:
                 continue
@@ -312,28 +339,91 @@ class Scheduler:
             slot.prefilled += len(chunk)
             done = slot.prefilled == len(request.prompt)
             for j, token in enumerate(chunk):
-                add(slot, token, done and j == len(chunk) - 1)
+                last = done and j == len(chunk) - 1
+                add(slot, token, last, sample=last)
         if batch.n_tokens == 0:
             return
+        started = time.perf_counter()
         self._ctx.decode(self._batch)
+        if not prefilling:  # every token with its logits: what a step of this size costs
+            self._costs.observe(batch.n_tokens, time.perf_counter() - started)
         for slot, index in to_sample:
-            self._sample(slot, index)
+            if slot.draft:
+                self._verify(slot, index)
+            else:
+                self._sample(slot, index)
 
-    def _sample(self, slot: Slot, index: int) -> None:
+    def _plan_drafts(self, drafting: list[Slot]) -> None:
+        """Sets the draft of each slot in ``drafting`` for this step (see ``drafting.plan``);
+        the other slots draft nothing."""
+        proposals: list[tuple[Slot, list[int], int]] = []
+        for slot in self._slots:
+            slot.draft, slot.match = [], 0
+        for slot in drafting:
+            if slot.lookup is not None:
+                # No token past the request's last: the one sampled after the draft is free.
+                tokens, match = slot.lookup.propose(slot.max_tokens - slot.generated - 1)
+                if tokens:
+                    proposals.append((slot, tokens, match))
+        taken = plan(
+            len(drafting),
+            [(tokens, self._acceptance.rate(match)) for _, tokens, match in proposals],
+            self._costs,
+            room=min(BATCH - len(drafting), MAX_STEP_DRAFTS),
+        )
+        for (slot, tokens, match), count in zip(proposals, taken, strict=True):
+            if count:
+                slot.draft, slot.match = tokens[:count], match
+            else:
+                self._acceptance.skipped(match)
+
+    def _verify(self, slot: Slot, index: int) -> None:
+        """Samples the positions of the slot's next token and its draft (``index`` and on)
+        in turn, and keeps the drafted tokens up to the first that differs from the token
+        sampled before it.
+
+        Each token is sampled from the logits the model gave its position, with the slot's
+        own chain, exactly as it would be had the tokens been decoded one by one: a greedy
+        request's text is the same with and without drafting, and a seeded one's too. For a
+        sampled request this is the accept/reject rule of speculative sampling with a draft
+        that is certain of its token: the token is kept with probability p(token), and a
+        refused one is replaced by a sample of p without it, so the text keeps the model's
+        distribution."""
+        draft, slot.draft = slot.draft, []
+        base = len(slot.cached) - len(draft)  # the first drafted token's position
+        accepted, refused = 0, False
+        for j in range(len(draft) + 1):
+            token = self._sample(slot, index + j)
+            if token is None or j == len(draft):  # finished, or the whole draft was kept
+                break
+            if token != draft[j]:
+                refused = True
+                break
+            accepted += 1
+        if accepted < len(draft):  # the rest leaves the cache (the model can rewind)
+            llama_cpp.llama_memory_seq_rm(self._memory, slot.seq, base + accepted, -1)
+            del slot.cached[base + accepted :]
+        self._acceptance.checked(slot.match, accepted, refused=refused)
+        drafted, kept = self._drafts
+        self._drafts = (drafted + len(draft), kept + accepted)
+
+    def _sample(self, slot: Slot, index: int) -> int | None:
+        """Samples the slot's next token from the logits of batch position ``index`` and
+        sends what it shows; returns it, or None when the sequence finished."""
         request, sampler = slot.request, slot.sampler
         assert request is not None
         assert sampler is not None
         params = request.params
         if slot.max_tokens <= 0:
             self._finish(slot, "length", hit=False)
-            return
+            return None
         if slot.picker is not None:
-            token = slot.picker.pick(self._ctx, index)
+            token: int = slot.picker.pick(self._ctx, index)
         else:
             token = sampler.sample(self._ctx, index)
         if llama_cpp.llama_vocab_is_eog(self._vocab, token):
             self._finish(slot, "stop", hit=False)
-            return
+            return None
         slot.generated += 1
         piece = self._piece(token)
         if params.logprobs is not None:
@@ -349,10 +439,14 @@ class Scheduler:
             slot.pending.clear()
         if hit:
             self._finish(slot, "stop", hit=True)
-        elif slot.generated >= slot.max_tokens:
+            return None
+        if slot.generated >= slot.max_tokens:
             self._finish(slot, "length", hit=False)
-        else:
-            slot.last_token = token
+            return None
+        slot.last_token = token
+        if slot.lookup is not None:
+            slot.lookup.append(token)
+        return token
 
     @staticmethod
     def _visible(slot: Slot, text: str) -> tuple[str, bool]:
@@ -392,6 +486,7 @@ class Scheduler:
         if not keep_cache:
             llama_cpp.llama_memory_seq_rm(self._memory, slot.seq, -1, -1)
             slot.cached = []
+        slot.lookup = None
         with self._lock:
             if slot.request is not None:
                 self._busy_slots -= 1

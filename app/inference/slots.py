@@ -17,6 +17,7 @@ import llama_cpp
 import numpy as np
 from llama_cpp import _internals as internals
 
+from app.inference.drafting import PromptLookup
 from app.inference.engine import TokenLogprob
 from app.inference.text import StopMatcher, Utf8Stream
 
@@ -38,6 +39,9 @@ class Slot:
     utf8: Utf8Stream = field(default_factory=Utf8Stream)
     stops: StopMatcher = field(default_factory=lambda: StopMatcher(()))
     pending: list[TokenLogprob] = field(default_factory=list)
+    lookup: PromptLookup | None = None  # the request's tokens, for drafts (None: no drafting)
+    draft: list[int] = field(default_factory=list)  # the tokens drafted in this step
+    match: int = 0  # the length of the match the draft came from
 
 
 def best_slot(free: list[Slot], taken: set[int], prompt: Sequence[int]) -> Slot:

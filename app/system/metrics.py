@@ -23,7 +23,7 @@ from prometheus_client import (
     generate_latest,
     start_http_server,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from app.accounts.auth import admin_only
 from app.error_responses import error_responses
@@ -157,7 +157,7 @@ class _EngineCollector:
     def __init__(self, stats: Callable[[], EngineStats | None]) -> None:
         self._stats = stats
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         stats = self._stats() or EngineStats(slots=0, busy=0, waiting=0)
         yield GaugeMetricFamily("llm_slots", "Sequence slots of the loaded models.", stats.slots)
         yield GaugeMetricFamily(
@@ -165,6 +165,16 @@ class _EngineCollector:
         )
         yield GaugeMetricFamily(
             "llm_requests_deferred", "Requests waiting in the queue for a slot.", stats.waiting
+        )
+        yield CounterMetricFamily(
+            "llm_draft_tokens",
+            "Tokens drafted by prompt lookup and checked by the model (loaded models).",
+            stats.drafted,
+        )
+        yield CounterMetricFamily(
+            "llm_draft_tokens_accepted",
+            "Drafted tokens the model would have picked, kept (loaded models).",
+            stats.accepted,
         )
 
 

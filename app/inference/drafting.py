@@ -1,0 +1,199 @@
+"""Prompt lookup: drafting a sequence's next tokens from what it already holds.
+
+Answers grounded in their input (summaries, extractions, code edits, RAG answers that quote the
+context) repeat long spans of it. When the last few tokens of a sequence also occur earlier in
+its prompt or output, the tokens that followed them there are a good guess at what comes next.
+The scheduler decodes such a draft in the same batch as the sequence's next token and keeps the
+drafted tokens the model would have picked anyway (see ``Scheduler._verify``): one decode of
+``k + 1`` tokens on a CPU costs far less than ``k + 1`` decodes of one, so every accepted token
+is time won, and a rejected one costs a little compute.
+
+How long a draft to send is a bet, made per step across the batch (``plan``): the ``j``-th
+token of a sequence's draft pays off with probability ``rate ** j``, its recent acceptance rate,
+and a step of ``n`` tokens takes what steps of ``n`` tokens took here lately (``StepCosts``: on
+a CPU that is far from linear; a step of two tokens can cost twice one, and even sizes less than
+odd ones). The drafts sent are the ones that make the expected tokens per second of the step the
+highest. A lone stream whose drafts keep being accepted drafts long; a full batch, or a sequence
+whose drafts keep failing, drafts little or nothing, so drafting costs little where it does not
+help.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+NGRAMS = (4, 3, 2)
+"""The suffix lengths looked up, longest first: a longer match is a better guess."""
+
+PRIOR_RATE = 0.7
+"""The acceptance rate assumed before drafts of a kind were checked."""
+
+MEMORY = 0.9
+"""How much of the acceptance statistics each verification keeps (the rest is the new one)."""
+
+RELAX = 0.02
+"""How far a kind's statistics move back towards the prior each time one of its drafts is not
+sent: a rate that fell low is tried again now and then, instead of never."""
+
+LONGEST_MATCH = 16
+"""Matches longer than this count as this long."""
+
+
+@dataclass
+class PromptLookup:
+    """The n-grams of one sequence's committed tokens (its prompt, then what it generated),
+    with where each last ended."""
+
+    limit: int
+    """The longest draft to propose."""
+    tokens: list[int] = field(default_factory=list)
+    _ends: dict[tuple[int, ...], int] = field(default_factory=dict)
+    _indexed: int = 0  # tokens[:_indexed] have their n-grams in _ends
+
+    @classmethod
+    def of(cls, prompt: Sequence[int], limit: int) -> PromptLookup:
+        return cls(limit=limit, tokens=list(prompt))
+
+    def append(self, token: int) -> None:
+        """``token`` is the sequence's next (the model picked it)."""
+        self.tokens.append(token)
+
+    def propose(self, room: int) -> tuple[list[int], int]:
+        """Up to ``min(room, limit)`` tokens that followed the latest earlier occurrence of the
+        sequence's longest matching suffix, and how long the match is (``LONGEST_MATCH`` at
+        most): a long one means the sequence is copying. No tokens when no suffix occurred
+        before."""
+        room = min(room, self.limit)
+        tokens = self.tokens
+        if room <= 0 or len(tokens) < 2:
+            return [], 0
+        self._index(len(tokens) - 1)  # every n-gram that has a token after it
+        for n in NGRAMS:
+            if len(tokens) <= n:
+                continue
+            end = self._ends.get(tuple(tokens[-n:]))
+            if end is not None:
+                match = n
+                while (
+                    match < LONGEST_MATCH
+                    and end - match > 0
+                    and tokens[end - match - 1] == tokens[-match - 1]
+                ):
+                    match += 1
+                return tokens[end : end + room], match
+        return [], 0
+
+    def _index(self, upto: int) -> None:
+        """Indexes the n-grams ending before ``tokens[upto]`` (so each has a continuation)."""
+        tokens, ends = self.tokens, self._ends
+        for stop in range(self._indexed + 1, upto + 1):  # the n-gram tokens[stop - n : stop]
+            for n in NGRAMS:
+                if stop >= n:
+                    ends[tuple(tokens[stop - n : stop])] = stop
+        self._indexed = max(self._indexed, upto)
+
+
+class Acceptance:
+    """How often drafted tokens were accepted, by the length of the match they came from,
+    over the engine's recent drafts: the chance that a drafted token is accepted, given that
+    the ones before it were."""
+
+    def __init__(self) -> None:
+        self._accepted = [PRIOR_RATE] * (LONGEST_MATCH + 1)
+        self._tried = [1.0] * (LONGEST_MATCH + 1)
+
+    def rate(self, match: int) -> float:
+        return self._accepted[match] / self._tried[match]
+
+    def checked(self, match: int, accepted: int, *, refused: bool) -> None:
+        """``accepted`` tokens of a draft from a match this long were kept, and then one was
+        ``refused`` (or not: the draft was kept whole, or the text ended within it)."""
+        tried = accepted + refused
+        self._accepted[match] = MEMORY * self._accepted[match] + accepted
+        self._tried[match] = MEMORY * self._tried[match] + tried
+
+    def skipped(self, match: int) -> None:
+        """A draft from a match this long was not sent."""
+        rate = self.rate(match)
+        self._accepted[match] += RELAX * (PRIOR_RATE - rate) * self._tried[match]
+
+
+class StepCosts:
+    """How long a decode step of ``n`` tokens, each with its logits, takes on this machine with
+    this model, learned from the steps that ran (a moving average per size). A size not yet
+    seen is guessed from the nearest seen one (a smaller one first), scaled as ``0.5 + 0.4 n``:
+    about what was measured on two x86 machines, for two models; once a step of that size ran,
+    its measure counts."""
+
+    SIZES = 128
+    WEIGHT = 0.1
+    """The weight of each new measure in the average."""
+    FORGET = 4096
+    """Measures are forgotten after this many steps, so that one slow step (a neighbour's
+    burst, a collection) does not rule out a size for good: the sizes in use are measured
+    again within a few steps."""
+
+    def __init__(self) -> None:
+        self._seconds: list[float | None] = [None] * (self.SIZES + 1)
+        self._steps = 0
+
+    def observe(self, tokens: int, seconds: float) -> None:
+        self._steps += 1
+        if self._steps % self.FORGET == 0:
+            self._seconds = [None] * (self.SIZES + 1)
+        if 0 < tokens <= self.SIZES:
+            known = self._seconds[tokens]
+            self._seconds[tokens] = (
+                seconds if known is None else known + self.WEIGHT * (seconds - known)
+            )
+
+    def estimate(self, tokens: int) -> float:
+        if tokens <= self.SIZES and (known := self._seconds[tokens]) is not None:
+            return known
+        seen = range(min(tokens, self.SIZES), 0, -1), range(tokens + 1, self.SIZES + 1)
+        for sizes in seen:
+            for size in sizes:
+                if (measured := self._seconds[size]) is not None:
+                    return measured * _scale(tokens) / _scale(size)
+        return _scale(tokens)
+
+
+def _scale(tokens: int) -> float:
+    return 0.5 + 0.4 * tokens
+
+
+def plan(
+    generating: int,
+    drafts: Sequence[tuple[list[int], float]],
+    costs: StepCosts,
+    *,
+    room: int,
+) -> list[int]:
+    """How many tokens of each draft to decode this step, ``room`` at most in all.
+
+    ``generating``: the sequences decoding their next token; ``drafts``: each drafting
+    sequence's proposed tokens and acceptance rate. Drafted tokens are taken the likeliest
+    first (a draft's ``j``-th token is kept with probability ``rate ** j``), as many as make
+    the step's expected tokens per second the highest."""
+    if not drafts:
+        return []
+    gains = sorted(
+        (
+            (rate**j, i)
+            for i, (tokens, rate) in enumerate(drafts)
+            for j in range(1, len(tokens) + 1)
+        ),
+        reverse=True,
+    )[: max(room, 0)]
+    produced = float(generating)
+    best, best_value = 0, produced / costs.estimate(generating)
+    for m, (gain, _) in enumerate(gains, start=1):
+        produced += gain
+        value = produced / costs.estimate(generating + m)
+        if value > best_value:
+            best, best_value = m, value
+    taken = [0] * len(drafts)
+    for _, i in gains[:best]:
+        taken[i] += 1
+    return taken
