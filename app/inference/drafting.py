@@ -129,10 +129,10 @@ class StepCosts:
     SIZES = 128
     WEIGHT = 0.1
     """The weight of each new measure in the average."""
-    FORGET = 4096
-    """Measures are forgotten after this many steps, so that one slow step (a neighbour's
-    burst, a collection) does not rule out a size for good: the sizes in use are measured
-    again within a few steps."""
+    FORGET = 256
+    """Measures are forgotten after this many steps (a few seconds), so that a slow step (a
+    neighbour's burst, a collection) does not rule out a size for long: the sizes in use are
+    measured again within a few steps."""
 
     def __init__(self) -> None:
         self._seconds: list[float | None] = [None] * (self.SIZES + 1)
