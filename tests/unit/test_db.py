@@ -33,8 +33,11 @@ async def test_a_new_sqlite_database_gets_the_current_schema_and_safe_settings(
     await db.open()
     try:
         assert await db.scalar(sa.text("PRAGMA journal_mode")) == "wal"
-        assert await db.scalar(sa.text("PRAGMA foreign_keys")) == 1
-        assert await db.scalar(sa.text("PRAGMA synchronous")) == 2  # FULL
+        async with db.transaction() as writing:  # what every write runs with
+            assert await writing.scalar(sa.text("PRAGMA foreign_keys")) == 1
+            assert await writing.scalar(sa.text("PRAGMA synchronous")) == 2  # FULL
+        # Lone reads go through a connection of their own, which cannot write.
+        assert await db.scalar(sa.text("PRAGMA query_only")) == 1
         assert await migrate.current(db) == migrate.head()
     finally:
         await db.close()
