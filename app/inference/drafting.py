@@ -9,10 +9,11 @@ drafted tokens the model would have picked anyway (see ``Scheduler._verify``): o
 is time won, and a rejected one costs a little compute.
 
 How long a draft to send is a bet, made per step across the batch (``plan``): the ``j``-th
-token of a sequence's draft pays off with probability ``rate ** j``, its recent acceptance rate,
-and a step of ``n`` tokens takes what steps of ``n`` tokens took here lately (``StepCosts``: on
-a CPU that is far from linear; a step of two tokens can cost twice one, and even sizes less than
-odd ones). The drafts sent are the ones that make the expected tokens per second of the step the
+token of a sequence's draft pays off with probability ``rate ** j``, the recent acceptance rate
+of drafts from matches as long as its own (``Acceptance``), and a step takes what steps like it
+took here lately (``StepCosts``: on a CPU that is far from linear; a step of two tokens can cost
+twice one, even sizes less than odd ones, and a draft beside other sequences costs a pass of its
+own). The drafts sent are the ones that make the expected tokens per second of the step the
 highest. A lone stream whose drafts keep being accepted drafts long; a full batch, or a sequence
 whose drafts keep failing, drafts little or nothing, so drafting costs little where it does not
 help.
@@ -120,42 +121,62 @@ class Acceptance:
 
 
 class StepCosts:
-    """How long a decode step of ``n`` tokens, each with its logits, takes on this machine with
-    this model, learned from the steps that ran (a moving average per size). A size not yet
-    seen is guessed from the nearest seen one (a smaller one first), scaled as ``0.5 + 0.4 n``:
-    about what was measured on two x86 machines, for two models; once a step of that size ran,
-    its measure counts."""
+    """How long a decode step takes on this machine with this model, by the sequences in it
+    and its tokens (each with its logits), learned from the steps that ran (a moving average
+    per kind of step).
 
-    SIZES = 128
+    llama.cpp decodes, in one pass, the same number of tokens of each sequence: a step in
+    which one sequence checks a draft of ``k`` tokens beside others that decode one is two
+    passes, the second as costly as a lone sequence's step of ``k`` tokens. A kind of step
+    not yet seen is guessed that way; a lone step of a size not yet seen, from the nearest
+    seen one, scaled as ``0.5 + 0.4 n`` (about what was measured on two x86 machines for two
+    models). Once a step of that kind ran, its measure counts."""
+
     WEIGHT = 0.1
     """The weight of each new measure in the average."""
     FORGET = 256
     """Measures are forgotten after this many steps (a few seconds), so that a slow step (a
-    neighbour's burst, a collection) does not rule out a size for long: the sizes in use are
-    measured again within a few steps."""
+    neighbour's burst, a collection) does not rule out a kind of step for long: the kinds in
+    use are measured again within a few steps."""
 
     def __init__(self) -> None:
-        self._seconds: list[float | None] = [None] * (self.SIZES + 1)
+        self._seconds: dict[tuple[int, int], float] = {}
         self._steps = 0
 
-    def observe(self, tokens: int, seconds: float) -> None:
+    def observe(self, sequences: int, tokens: int, seconds: float) -> None:
         self._steps += 1
         if self._steps % self.FORGET == 0:
-            self._seconds = [None] * (self.SIZES + 1)
-        if 0 < tokens <= self.SIZES:
-            known = self._seconds[tokens]
-            self._seconds[tokens] = (
-                seconds if known is None else known + self.WEIGHT * (seconds - known)
-            )
+            self._seconds.clear()
+        known = self._seconds.get((sequences, tokens))
+        self._seconds[(sequences, tokens)] = (
+            seconds if known is None else known + self.WEIGHT * (seconds - known)
+        )
 
-    def estimate(self, tokens: int) -> float:
-        if tokens <= self.SIZES and (known := self._seconds[tokens]) is not None:
+    def estimate(self, sequences: int, tokens: int) -> float:
+        """The seconds of a step of ``tokens`` tokens over ``sequences`` sequences."""
+        known = self._seconds.get((sequences, tokens))
+        if known is not None:
             return known
-        seen = range(min(tokens, self.SIZES), 0, -1), range(tokens + 1, self.SIZES + 1)
-        for sizes in seen:
-            for size in sizes:
-                if (measured := self._seconds[size]) is not None:
-                    return measured * _scale(tokens) / _scale(size)
+        if sequences == 1:
+            return self._lone(tokens)
+        base = self._seconds.get((sequences, sequences))
+        if base is None:
+            base = self._lone(sequences)  # one pass of one token a sequence
+        return base + (self._lone(tokens - sequences) if tokens > sequences else 0.0)
+
+    def _lone(self, tokens: int) -> float:
+        """A lone sequence's step of ``tokens`` tokens: measured, or scaled from the nearest
+        lone step measured (else from any step of one token a sequence)."""
+        known = self._seconds.get((1, tokens))
+        if known is not None:
+            return known
+        lone = [size for sequences, size in self._seconds if sequences == 1]
+        plain = [size for sequences, size in self._seconds if sequences == size]
+        for sizes, kind in ((lone, 1), (plain, 0)):
+            if sizes:
+                size = min(sizes, key=lambda size: (abs(size - tokens), size))
+                measured = self._seconds[(kind or size, size)]
+                return measured * _scale(tokens) / _scale(size)
         return _scale(tokens)
 
 
@@ -187,10 +208,10 @@ def plan(
         reverse=True,
     )[: max(room, 0)]
     produced = float(generating)
-    best, best_value = 0, produced / costs.estimate(generating)
+    best, best_value = 0, produced / costs.estimate(generating, generating)
     for m, (gain, _) in enumerate(gains, start=1):
         produced += gain
-        value = produced / costs.estimate(generating + m)
+        value = produced / costs.estimate(generating, generating + m)
         if value > best_value:
             best, best_value = m, value
     taken = [0] * len(drafts)

@@ -346,7 +346,7 @@ class Scheduler:
         started = time.perf_counter()
         self._ctx.decode(self._batch)
         if not prefilling:  # every token with its logits: what a step of this size costs
-            self._costs.observe(batch.n_tokens, time.perf_counter() - started)
+            self._costs.observe(len(generating), batch.n_tokens, time.perf_counter() - started)
         for slot, index in to_sample:
             if slot.draft:
                 self._verify(slot, index)
