@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -83,9 +84,21 @@ async def client(http: httpx.AsyncClient, prompt: str, max_tokens: int, run: Run
         "stream": True,
         "stream_options": {"include_usage": True},
     }
+    await timed_stream(http, "/v1/completions", body, run, lambda line: '"text":""' not in line)
+
+
+async def timed_stream(
+    http: httpx.AsyncClient,
+    path: str,
+    body: dict[str, object],
+    run: Run,
+    shows_text: Callable[[str], bool],
+) -> None:
+    """Streams one request; its tokens (from the usage chunk), time to first token and the gaps
+    between chunks that ``shows_text`` go into ``run``."""
     started = time.perf_counter()
     last = None
-    async with http.stream("POST", "/v1/completions", json=body) as response:
+    async with http.stream("POST", path, json=body) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
             # Parse only what is needed: the client shares the CPU with the service.
@@ -94,7 +107,7 @@ async def client(http: httpx.AsyncClient, prompt: str, max_tokens: int, run: Run
             now = time.perf_counter()
             if '"usage":{' in line:
                 run.tokens += json.loads(line[6:])["usage"]["completion_tokens"]
-            elif '"text":""' not in line:
+            elif shows_text(line):
                 if last is None:
                     run.ttft.append(now - started)
                 else:

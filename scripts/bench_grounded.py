@@ -19,7 +19,7 @@ from argparse import Namespace
 from pathlib import Path
 
 import httpx
-from bench import PASSWORD, Run, api_key, percentile, start_peer, start_service
+from bench import PASSWORD, Run, api_key, percentile, start_peer, start_service, timed_stream
 
 GROUNDED = Path(__file__).resolve().parent / "lib" / "grounded.json"
 
@@ -44,23 +44,12 @@ async def chat(http: httpx.AsyncClient, prompt: str, max_tokens: int, run: Run) 
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    started = time.perf_counter()
-    last = None
-    async with http.stream("POST", "/v1/chat/completions", json=body) as response:
-        response.raise_for_status()
-        async for line in response.aiter_lines():
-            if not line.startswith("data: {"):
-                continue
-            now = time.perf_counter()
-            chunk = json.loads(line[6:])
-            if chunk.get("usage"):
-                run.tokens += chunk["usage"]["completion_tokens"]
-            if any(c.get("delta", {}).get("content") for c in chunk.get("choices", [])):
-                if last is None:
-                    run.ttft.append(now - started)
-                else:
-                    run.itl.append(now - last)
-                last = now
+    await timed_stream(http, "/v1/chat/completions", body, run, _shows_text)
+
+
+def _shows_text(line: str) -> bool:
+    chunk = json.loads(line[6:])
+    return any(choice.get("delta", {}).get("content") for choice in chunk.get("choices", []))
 
 
 async def load(

@@ -6,6 +6,11 @@ sequence plus a chunk of the prompt of sequences still prefilling (so a long pro
 the running streams), then samples each sequence with its own sampler chain. On a CPU a batch of
 several sequences costs little more than one, which is where the throughput comes from.
 
+A generating sequence whose last tokens occurred earlier in its prompt or output may also send a
+draft of what followed them (prompt lookup, ``drafting``): the draft is decoded in the same step
+and its tokens are kept up to the first one the sequence's own sampler would not have picked, so
+the text is the same as without it.
+
 A slot keeps its KV cache after its request ends; a new request goes to the free slot whose cache
 shares the longest prefix with its prompt, and only the rest is computed. Requests beyond the
 slots wait in a bounded queue. A request whose consumer goes away is dropped at the next step.

@@ -3,6 +3,12 @@ step sends (``drafting.plan``), with step costs given rather than measured."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from app.inference import llama_engine
 from app.inference.drafting import LONGEST_MATCH, Acceptance, PromptLookup, StepCosts, plan
 
 
@@ -131,3 +137,18 @@ def test_measures_are_forgotten_now_and_then() -> None:
     for _ in range(StepCosts.FORGET):
         measured.observe(1, 1, 0.01)
     assert measured.estimate(1, 8) == 0.01 * 3.7 / 0.9  # guessed again, not the outlier
+
+
+@pytest.mark.parametrize(
+    ("recurrent", "hybrid", "drafts"),
+    [(False, False, True), (True, False, False), (False, True, False)],
+)
+def test_models_whose_state_cannot_rewind_never_draft(
+    monkeypatch: pytest.MonkeyPatch, recurrent: bool, hybrid: bool, drafts: bool
+) -> None:
+    """Refused draft tokens leave the cache; a recurrent (Mamba, RWKV) or hybrid model's state
+    cannot give back its last tokens, so its engine gets no drafting."""
+    model: Any = SimpleNamespace(model=object())
+    monkeypatch.setattr(llama_engine.llama_cpp, "llama_model_is_recurrent", lambda _: recurrent)
+    monkeypatch.setattr(llama_engine.llama_cpp, "llama_model_is_hybrid", lambda _: hybrid)
+    assert llama_engine._can_rewind(model) is drafts

@@ -99,6 +99,8 @@ async def test_metrics_are_for_admins_and_parse_as_prometheus_text(
     assert samples[("llm_time_to_first_token_seconds_count", (("model", MODEL),))] == 1
     assert samples[("llm_slots", ())] == 1
     assert samples[("llm_requests_deferred", ())] == 0
+    assert samples[("llm_draft_tokens_total", ())] == 0  # the fake engine drafts nothing
+    assert samples[("llm_draft_tokens_accepted_total", ())] == 0
     assert samples[("llm_requests_processing", ())] == 0  # counted up, and down again
     http = "llm_http_requests_total"
     assert samples[(http, (("method", "POST"), ("route", "/v1/completions"), ("status", "200")))]
