@@ -116,7 +116,7 @@ class Database:
         self._connect_wait = connect_wait
         self.url = database_url(f"sqlite:///{url}" if isinstance(url, Path) else url, Path())
         self._engine: AsyncEngine | None = None
-        self._reader: SQLiteReader | None = None
+        self._direct: SQLiteDirect | None = None
 
     @property
     def dialect(self) -> str:
@@ -163,7 +163,7 @@ class Database:
             await migrate.upgrade(self)
             if path is not None:
                 os.chmod(path, 0o600)
-                self._reader = SQLiteReader(self.url)
+                self._direct = SQLiteDirect(self.url)
         except BaseException as exc:
             await self.close()
             if isinstance(exc, migrate.LegacyError):
@@ -277,11 +277,11 @@ class Database:
             raise
 
     async def _read(self, statement: sa.Executable, rows: Callable[[sa.Result[Any]], _R]) -> _R:
-        """``rows(result)`` of one query: on SQLite through the reader (one thread hop), on a
-        server through the pool's async driver."""
-        if self._reader is not None:
+        """``rows(result)`` of one query: on SQLite directly (one thread hop, see
+        ``SQLiteDirect``), on a server through the pool's async driver."""
+        if self._direct is not None:
             try:
-                return await self._reader.read(statement, rows)
+                return await self._direct.read(statement, rows)
             except Exception as exc:
                 if is_outage(exc):
                     raise _down(exc) from exc
@@ -303,6 +303,13 @@ class Database:
 
     async def execute(self, statement: sa.Executable) -> int:
         """Runs one statement, committed on return; the number of rows it changed."""
+        if self._direct is not None:
+            try:
+                return await self._direct.write(statement)
+            except Exception as exc:
+                if is_outage(exc):
+                    raise _down(exc) from exc
+                raise
         async with self.transaction() as connection:
             result = await connection.execute(statement)
             return int(result.rowcount)
@@ -313,42 +320,72 @@ class Database:
             result = await connection.execute(statement)
             return result.mappings().one()
 
+    def sync_engines(self) -> list[sa.Engine]:
+        """Every engine whose connections reach the database (for tests that change how new
+        connections behave); ``reconnect`` replaces the open ones."""
+        direct = [self._direct.reads, self._direct.writes] if self._direct is not None else []
+        return [self.engine.sync_engine, *direct]
+
+    async def reconnect(self) -> None:
+        """Closes the pooled connections; the next statements open new ones."""
+        await self.engine.dispose()
+        for engine in self.sync_engines()[1:]:
+            await asyncio.to_thread(engine.dispose)
+
     async def close(self) -> None:
         """Closes every connection, if open."""
-        if self._reader is not None:
-            reader, self._reader = self._reader, None
-            await asyncio.to_thread(reader.close)
+        if self._direct is not None:
+            direct, self._direct = self._direct, None
+            await asyncio.to_thread(direct.close)
         if self._engine is not None:
             engine, self._engine = self._engine, None
             await engine.dispose()
 
 
-class SQLiteReader:
-    """Single-statement reads of a SQLite file, each on a thread of a small pool of its own
-    with Python's own sqlite3 driver: one thread hop a read.
+class SQLiteDirect:
+    """Lone statements on a SQLite file through Python's own sqlite3 driver, one thread hop
+    each: reads on a small pool of read-only connections, single-statement writes on one
+    thread and connection of their own (committed on return, ``synchronous = FULL`` as every
+    connection).
 
-    Through aiosqlite a read took eight hops to its connection's thread (cursor, BEGIN,
-    execute, fetch, close, rollback), each a wake-up of another thread; under load, when the
-    decode threads keep every core busy, they made an API key's check take 10-15 ms of a
-    request's time to first token. A lone SELECT needs no transaction: it reads the last
-    committed state (WAL), as it did."""
+    Through aiosqlite a lone statement took eight or more hops to its connection's thread
+    (cursor, BEGIN, execute, fetch, close, commit or rollback), each a wake-up of another
+    thread; under load, when the decode threads keep every core busy, an API key's check took
+    10-15 ms of a request's time to first token, and the usage rows written as streams end
+    delayed the requests starting beside them by as much again. A lone SELECT needs no
+    transaction: it reads the last committed state (WAL), as it did."""
 
     def __init__(self, url: URL) -> None:
-        self._engine = sa.create_engine(url.set(drivername="sqlite"), hide_parameters=True)
-        sa.event.listen(self._engine, "connect", _reader_pragmas)
-        self._threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sqlite-read")
+        url = url.set(drivername="sqlite")
+        self.reads = sa.create_engine(url, hide_parameters=True)
+        sa.event.listen(self.reads, "connect", _reader_pragmas)
+        self.writes = sa.create_engine(url, hide_parameters=True, pool_size=1, max_overflow=0)
+        sa.event.listen(self.writes, "connect", _writer_pragmas)
+        self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sqlite-read")
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-write")
 
     async def read(self, statement: sa.Executable, rows: Callable[[sa.Result[Any]], _R]) -> _R:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._threads, self._run, statement, rows)
+        return await loop.run_in_executor(self._readers, self._read, statement, rows)
 
-    def _run(self, statement: sa.Executable, rows: Callable[[sa.Result[Any]], _R]) -> _R:
-        with self._engine.connect() as connection:
+    def _read(self, statement: sa.Executable, rows: Callable[[sa.Result[Any]], _R]) -> _R:
+        with self.reads.connect() as connection:
             return rows(connection.execute(statement))
 
+    async def write(self, statement: sa.Executable) -> int:
+        """Runs ``statement`` in a transaction of its own; the number of rows it changed."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._writer, self._write, statement)
+
+    def _write(self, statement: sa.Executable) -> int:
+        with self.writes.begin() as connection:
+            return int(connection.execute(statement).rowcount)
+
     def close(self) -> None:
-        self._threads.shutdown(wait=True)
-        self._engine.dispose()
+        self._readers.shutdown(wait=True)
+        self._writer.shutdown(wait=True)
+        self.reads.dispose()
+        self.writes.dispose()
 
 
 def _reader_pragmas(dbapi_connection: Any, _: object) -> None:
@@ -356,4 +393,12 @@ def _reader_pragmas(dbapi_connection: Any, _: object) -> None:
     cursor.execute("PRAGMA busy_timeout = 5000")
     cursor.execute("PRAGMA foreign_keys = ON")  # as on every connection
     cursor.execute("PRAGMA query_only = ON")  # it only ever reads
+    cursor.close()
+
+
+def _writer_pragmas(dbapi_connection: Any, _: object) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA busy_timeout = 5000")
+    cursor.execute("PRAGMA foreign_keys = ON")
+    cursor.execute("PRAGMA synchronous = FULL")  # as the async engine's connections
     cursor.close()

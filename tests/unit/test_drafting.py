@@ -6,6 +6,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+import llama_cpp
 import pytest
 
 from app.inference import llama_engine
@@ -149,6 +150,6 @@ def test_models_whose_state_cannot_rewind_never_draft(
     """Refused draft tokens leave the cache; a recurrent (Mamba, RWKV) or hybrid model's state
     cannot give back its last tokens, so its engine gets no drafting."""
     model: Any = SimpleNamespace(model=object())
-    monkeypatch.setattr(llama_engine.llama_cpp, "llama_model_is_recurrent", lambda _: recurrent)
-    monkeypatch.setattr(llama_engine.llama_cpp, "llama_model_is_hybrid", lambda _: hybrid)
+    monkeypatch.setattr(llama_cpp, "llama_model_is_recurrent", lambda _: recurrent)
+    monkeypatch.setattr(llama_cpp, "llama_model_is_hybrid", lambda _: hybrid)
     assert llama_engine._can_rewind(model) is drafts

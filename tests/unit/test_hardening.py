@@ -103,7 +103,8 @@ class ReadOnly:
     def __init__(self, db: Database) -> None:
         self._db = db
         self._on = False
-        sa.event.listen(db.engine.sync_engine, "connect", self._connected)
+        for engine in db.sync_engines():
+            sa.event.listen(engine, "connect", self._connected)
 
     def _connected(self, dbapi_connection: Any, _: object) -> None:
         cursor = dbapi_connection.cursor()
@@ -112,7 +113,7 @@ class ReadOnly:
 
     async def set(self, on: bool) -> None:
         self._on = on
-        await self._db.engine.dispose()  # the pool's connections are replaced by new ones
+        await self._db.reconnect()  # the pools' connections are replaced by new ones
 
 
 async def test_an_answer_is_delivered_when_its_usage_cannot_be_written(tmp_path: Path) -> None:
