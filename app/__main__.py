@@ -22,6 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import msgspec
 import uvicorn
@@ -187,6 +188,8 @@ async def serve(settings: Settings) -> int:
             logger.error("stopping: the model is not available")
             server.should_exit = True
 
+    late: list[int] = []
+    handlers: dict[int, Any] = {}
     with _first_error():
         async with app.lifespan():
             logger.info("application started")
@@ -195,10 +198,21 @@ async def serve(settings: Settings) -> int:
                 await server.serve()
             finally:
                 watcher.cancel()
+                # uvicorn has put the default handlers back: a second SIGTERM while the
+                # lifespan shuts down (draining engines, writing held usage) would end the
+                # process midway. It is noted instead.
+                for sig in _SHUTDOWN:
+                    handlers[sig] = signal.signal(sig, lambda sig, _: late.append(sig))
     logger.info("application shut down")
-    for sig in reversed(server.deferred_signals):  # supervisors see how the process ended
+    # Supervisors see how the process ended (each signal once).
+    for caught, handler in handlers.items():
+        signal.signal(caught, handler)
+    for sig in reversed(dict.fromkeys((*server.deferred_signals, *late))):
         signal.raise_signal(sig)
     return 1 if host.state is ModelState.FAILED else 0
+
+
+_SHUTDOWN = (signal.SIGTERM, signal.SIGINT)
 
 
 @contextlib.contextmanager
