@@ -77,7 +77,8 @@ def valid_calls(calls: Any, allowed: set[str]) -> list[str]:
 def test_a_forced_call_is_always_valid(
     client: openai.OpenAI, choice: Any, allowed: set[str], stream: bool
 ) -> None:
-    for seed in range(3):
+    finished = 0
+    for seed in range(4):
         params: dict[str, Any] = dict(
             model=MODEL_ID,
             messages=ASK,
@@ -87,17 +88,27 @@ def test_a_forced_call_is_always_valid(
             temperature=0.8,
             seed=seed,
         )
-        if stream:
-            with client.chat.completions.stream(**params) as events:
-                for _ in events:
-                    pass
-                completion = events.get_final_completion()
-        else:
-            completion = client.chat.completions.create(**params)
+        try:
+            if stream:
+                with client.chat.completions.stream(**params) as events:
+                    for _ in events:
+                        pass
+                    completion = events.get_final_completion()
+            else:
+                completion = client.chat.completions.create(**params)
+        except openai.LengthFinishReasonError:
+            # Eight calls with long strings can outgrow the suite's 512-token context (which
+            # slots' cached prefixes, computed in other batches, make more or less likely):
+            # the answer then ends as "length", as it should; its calls are not complete.
+            continue
         (reply,) = completion.choices
+        if reply.finish_reason == "length":
+            continue  # as above (the SDK raises only when it parses)
         assert reply.finish_reason == "tool_calls", reply
         assert reply.message.content is None
         assert valid_calls(reply.message.tool_calls, allowed)
+        finished += 1
+    assert finished >= 2  # most forced calls end well within the context
 
 
 def test_stop_sequences_never_cut_a_call(client: openai.OpenAI) -> None:
