@@ -120,6 +120,56 @@ class Acceptance:
         self._accepted[match] += RELAX * (PRIOR_RATE - rate) * self._tried[match]
 
 
+class Drafter:
+    """An engine's drafting: a lookup per sequence, the acceptance statistics and step costs
+    its plans come from, and how many tokens were drafted and kept. The scheduler decodes the
+    drafts and checks them."""
+
+    def __init__(self, limit: int) -> None:
+        """``limit``: the longest draft (``APP_DRAFT_TOKENS``); 0: no drafting."""
+        self._limit = limit
+        self.costs = StepCosts()
+        self._acceptance = Acceptance()
+        self.counts = (0, 0)
+        """Tokens drafted and tokens kept, since the engine started (one tuple: read by other
+        threads)."""
+
+    def lookup(self, prompt: Sequence[int]) -> PromptLookup | None:
+        """A new sequence's lookup; None when drafting is off."""
+        return PromptLookup.of(prompt, self._limit) if self._limit else None
+
+    def drafts(
+        self, sequences: Sequence[tuple[PromptLookup | None, int]], *, room: int
+    ) -> list[tuple[list[int], int]]:
+        """This step's draft of each generating sequence, given its lookup and how many tokens
+        it may still write, with the length of the match it came from (``[], 0``: none);
+        ``room`` drafted tokens at most in all."""
+        found: list[tuple[int, list[int], int]] = []
+        for i, (lookup, left) in enumerate(sequences):
+            if lookup is not None:
+                tokens, match = lookup.propose(left)
+                if tokens:
+                    found.append((i, tokens, match))
+        drafts: list[tuple[list[int], int]] = [([], 0)] * len(sequences)
+        if not found:
+            return drafts
+        rates = [(tokens, self._acceptance.rate(match)) for _, tokens, match in found]
+        taken = plan(len(sequences), rates, self.costs, room=room)
+        for (i, tokens, match), count in zip(found, taken, strict=True):
+            if count:
+                drafts[i] = (tokens[:count], match)
+            else:
+                self._acceptance.skipped(match)
+        return drafts
+
+    def checked(self, match: int, drafted: int, accepted: int, *, refused: bool) -> None:
+        """A draft of ``drafted`` tokens from a match this long was checked: ``accepted`` kept,
+        then one ``refused`` (or not: kept whole, or the text ended within it)."""
+        self._acceptance.checked(match, accepted, refused=refused)
+        total, kept = self.counts
+        self.counts = (total + drafted, kept + accepted)
+
+
 class StepCosts:
     """How long a decode step takes on this machine with this model, by the sequences in it
     and its tokens (each with its logits), learned from the steps that ran (a moving average

@@ -43,7 +43,7 @@ import llama_cpp
 from llama_cpp import _internals as internals
 
 from app.errors import EngineStopping, InvalidRequest, QueueFull
-from app.inference.drafting import Acceptance, PromptLookup, StepCosts, plan
+from app.inference.drafting import Drafter
 from app.inference.engine import (
     EngineStats,
     Finished,
@@ -97,10 +97,7 @@ class Scheduler:
         draft_tokens: int = 0,
     ) -> None:
         self._model = model
-        self._draft_tokens = draft_tokens
-        self._drafts = (0, 0)  # tokens drafted, and accepted; one tuple: read by stats()
-        self._costs = StepCosts()
-        self._acceptance = Acceptance()
+        self._drafter = Drafter(draft_tokens)
         self._preserved = preserved
         self._ctx = context
         self._context_size = context_size
@@ -132,8 +129,8 @@ class Scheduler:
             slots=len(self._slots),
             busy=self._busy_slots,
             waiting=len(self._waiting),
-            drafted=self._drafts[0],
-            accepted=self._drafts[1],
+            drafted=self._drafter.counts[0],
+            accepted=self._drafter.counts[1],
         )
 
     def submit(self, request: Request) -> None:
@@ -293,9 +290,7 @@ class Scheduler:
         slot.stops = StopMatcher(params.stop)
         slot.pending = []
         slot.draft = []
-        slot.lookup = (
-            PromptLookup.of(request.prompt, self._draft_tokens) if self._draft_tokens else None
-        )
+        slot.lookup = self._drafter.lookup(request.prompt)
 
     def _step(self) -> None:
         """One decode of the next token of each running sequence (and of its draft, if it
@@ -351,7 +346,8 @@ class Scheduler:
         started = time.perf_counter()
         self._ctx.decode(self._batch)
         if not prefilling:  # every token with its logits: what a step of this size costs
-            self._costs.observe(len(generating), batch.n_tokens, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            self._drafter.costs.observe(len(generating), batch.n_tokens, seconds)
         for slot, index in to_sample:
             if slot.draft:
                 self._verify(slot, index)
@@ -359,28 +355,16 @@ class Scheduler:
                 self._sample(slot, index)
 
     def _plan_drafts(self, drafting: list[Slot]) -> None:
-        """Sets the draft of each slot in ``drafting`` for this step (see ``drafting.plan``);
-        the other slots draft nothing."""
-        proposals: list[tuple[Slot, list[int], int]] = []
+        """Sets the draft of each slot in ``drafting`` for this step (``Drafter.drafts``); the
+        other slots draft nothing."""
         for slot in self._slots:
             slot.draft, slot.match = [], 0
-        for slot in drafting:
-            if slot.lookup is not None:
-                # No token past the request's last: the one sampled after the draft is free.
-                tokens, match = slot.lookup.propose(slot.max_tokens - slot.generated - 1)
-                if tokens:
-                    proposals.append((slot, tokens, match))
-        taken = plan(
-            len(drafting),
-            [(tokens, self._acceptance.rate(match)) for _, tokens, match in proposals],
-            self._costs,
-            room=min(BATCH - len(drafting), MAX_STEP_DRAFTS),
-        )
-        for (slot, tokens, match), count in zip(proposals, taken, strict=True):
-            if count:
-                slot.draft, slot.match = tokens[:count], match
-            else:
-                self._acceptance.skipped(match)
+        # No token past the request's last: the one sampled after the draft is free.
+        wanted = [(slot.lookup, slot.max_tokens - slot.generated - 1) for slot in drafting]
+        room = min(BATCH - len(drafting), MAX_STEP_DRAFTS)
+        drafts = self._drafter.drafts(wanted, room=room)
+        for slot, (draft, match) in zip(drafting, drafts, strict=True):
+            slot.draft, slot.match = draft, match
 
     def _verify(self, slot: Slot, index: int) -> None:
         """Samples the positions of the slot's next token and its draft (``index`` and on)
@@ -408,9 +392,7 @@ class Scheduler:
         if accepted < len(draft):  # the rest leaves the cache (the model can rewind)
             llama_cpp.llama_memory_seq_rm(self._memory, slot.seq, base + accepted, -1)
             del slot.cached[base + accepted :]
-        self._acceptance.checked(slot.match, accepted, refused=refused)
-        drafted, kept = self._drafts
-        self._drafts = (drafted + len(draft), kept + accepted)
+        self._drafter.checked(slot.match, len(draft), accepted, refused=refused)
 
     def _sample(self, slot: Slot, index: int) -> int | None:
         """Samples the slot's next token from the logits of batch position ``index`` and

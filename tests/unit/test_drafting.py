@@ -10,7 +10,14 @@ import llama_cpp
 import pytest
 
 from app.inference import llama_engine
-from app.inference.drafting import LONGEST_MATCH, Acceptance, PromptLookup, StepCosts, plan
+from app.inference.drafting import (
+    LONGEST_MATCH,
+    Acceptance,
+    Drafter,
+    PromptLookup,
+    StepCosts,
+    plan,
+)
 
 
 def costs(sequences: int, per_size: dict[int, float]) -> StepCosts:
@@ -153,3 +160,19 @@ def test_models_whose_state_cannot_rewind_never_draft(
     monkeypatch.setattr(llama_cpp, "llama_model_is_recurrent", lambda _: recurrent)
     monkeypatch.setattr(llama_cpp, "llama_model_is_hybrid", lambda _: hybrid)
     assert llama_engine._can_rewind(model) is drafts
+
+
+def test_the_drafter_drafts_for_the_sequences_that_have_a_match_and_counts() -> None:
+    assert Drafter(0).lookup([1, 2, 1]) is None  # APP_DRAFT_TOKENS=0: no drafting
+    drafter = Drafter(4)
+    for size in range(2, 8):  # steps of two sequences, measured nearly flat in their size
+        drafter.costs.observe(2, size, 10 + size / 10)
+    copying = drafter.lookup([5, 6, 7, 8, 9, 10, 5, 6])
+    novel = drafter.lookup([1, 2, 3])
+    (draft, match), (nothing, _) = drafter.drafts([(copying, 100), (novel, 100)], room=64)
+    assert (draft, match) == ([7, 8, 9, 10], 2)  # all of it: extra tokens cost next to nothing
+    assert nothing == []
+    drafter.checked(match, len(draft), 2, refused=True)
+    assert drafter.counts == (4, 2)
+    (draft, _), _ = drafter.drafts([(copying, 1), (novel, 1)], room=64)
+    assert draft == [7]  # no further than the request may still write
