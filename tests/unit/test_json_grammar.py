@@ -18,10 +18,10 @@ from app.errors import InvalidRequest
 from app.inference.json_grammar import (
     GrammarBuilder,
     UnsupportedSchema,
-    _int_range,
     json_object_grammar,
     json_schema_grammar,
 )
+from app.inference.json_grammar.integers import int_range
 from app.inference.schema_limits import SchemaTooCostly
 
 PARAM = "response_format.json_schema.schema"
@@ -440,7 +440,7 @@ def test_strings_never_hold_raw_control_characters() -> None:
 )  # fmt: skip
 def test_integer_ranges_are_exact(low: int | None, high: int | None) -> None:
     # The digit patterns are regular expressions once GBNF's quotes and spaces are gone.
-    regex = re.compile("|".join(_int_range(low, high)).replace('"', "").replace(" ", ""))
+    regex = re.compile("|".join(int_range(low, high)).replace('"', "").replace(" ", ""))
     for number in range(-2100, 2100):
         inside = (low is None or number >= low) and (high is None or number <= high)
         assert bool(regex.fullmatch(str(number))) == inside, number
