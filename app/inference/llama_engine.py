@@ -33,9 +33,10 @@ from app.inference.engine import (
 )
 from app.inference.llama_load import load_model
 from app.inference.sampling import compile_grammar, free_grammar
-from app.inference.scheduler import ADMITTED, Request, Scheduler
+from app.inference.scheduler import Scheduler
 from app.inference.tokenizer import Cancelled, Fragment, Tokenizer
 from app.inference.tool_formats import ToolFormat, ToolSpec
+from app.inference.waiting import ADMITTED, Request
 
 logger = logging.getLogger(__name__)
 

@@ -30,13 +30,12 @@ of 128 tokens it was 12% slower, and more with long cached chats.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
+import functools
 import logging
 import re
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import llama_cpp
@@ -46,39 +45,19 @@ from app.errors import EngineStopping, InvalidRequest, QueueFull
 from app.inference.drafting import Drafter
 from app.inference.engine import (
     EngineStats,
-    Finished,
     FinishReason,
-    SamplingParams,
-    TextDelta,
 )
 from app.inference.llama_load import BATCH
 from app.inference.sampling import GrammarPicker, sampler_chain, token_logprob
 from app.inference.slots import Slot, best_slot, common_prefix, keep_consecutive
-from app.inference.text import StopMatcher, Utf8Stream
+from app.inference.text import TokenStream
+from app.inference.waiting import ADMITTED, FairQueue, Request
 
 logger = logging.getLogger(__name__)
 
 MAX_STEP_DRAFTS = 64
 """Drafted tokens in one step at most: each needs its logits, and llama.cpp keeps an output
 buffer as large as the most logits a step ever asked for (vocabulary x 4 bytes each)."""
-
-ADMITTED = object()
-"""The first event of an admitted request (a slot was found); TextDelta and Finished events or
-an exception follow."""
-
-
-@dataclass(eq=False)
-class Request:
-    """One generation, from the queue to its last event."""
-
-    prompt: list[int]
-    params: SamplingParams
-    loop: asyncio.AbstractEventLoop
-    events: asyncio.Queue[object]
-    owner: object = None
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    grammar: Any = None
-    """The compiled grammar sampler, until the slot's picker takes it over."""
 
 
 class Scheduler:
@@ -110,9 +89,7 @@ class Scheduler:
         self._memory = llama_cpp.llama_get_memory(context.ctx)
         self._slots = [Slot(seq) for seq in range(parallel)]
         self._busy_slots = 0  # read without the lock by stats()
-        self._waiting: collections.deque[Request] = collections.deque()
-        self._served: dict[object, int] = {}  # owner -> turn of its latest admission
-        self._turn = 0
+        self._waiting = FairQueue()
         # Filled by the scheduler thread only; delivered by _deliver after each iteration.
         self._outbox: list[tuple[Request, object]] = []
         self._lock = threading.Condition()
@@ -147,18 +124,14 @@ class Scheduler:
     def expire(self, request: Request) -> bool:
         """Takes ``request`` out of the queue if it is still waiting; whether it was."""
         with self._lock:
-            if request in self._waiting:
-                self._waiting.remove(request)
-                return True
-            return False
+            return self._waiting.discard(request)
 
     def withdraw(self, request: Request) -> Any:
         """``request`` is over: out of the queue if it is still there; returns its grammar if
         no slot took it over (the caller frees it)."""
         request.cancelled.set()
         with self._lock:
-            if request in self._waiting:
-                self._waiting.remove(request)
+            self._waiting.discard(request)
             grammar, request.grammar = request.grammar, None
         return grammar
 
@@ -229,7 +202,7 @@ class Scheduler:
         free = [slot for slot in self._slots if slot.request is None]
         taken = {slot.seq for slot in self._slots if slot.request is not None}
         while free and self._waiting:
-            request = self._next_waiting()
+            request = self._waiting.pop()
             if request.cancelled.is_set():
                 continue
             slot = best_slot(free, taken, request.prompt)
@@ -241,19 +214,6 @@ class Scheduler:
             self._emit(request, ADMITTED)
             free.remove(slot)
             taken.add(slot.seq)
-
-    def _next_waiting(self) -> Request:
-        """Takes the waiting request whose owner was served least recently (never: first);
-        among one owner's requests, the oldest. Owners take turns, whatever their backlog."""
-        best, request = min(
-            enumerate(self._waiting), key=lambda e: (self._served.get(e[1].owner, 0), e[0])
-        )
-        del self._waiting[best]
-        self._turn += 1
-        self._served[request.owner] = self._turn
-        if len(self._served) > 10_000:  # owners long gone: forget them all
-            self._served = {request.owner: self._turn}
-        return request
 
     def _start(self, slot: Slot, request: Request) -> None:
         params = request.params
@@ -283,12 +243,14 @@ class Scheduler:
         slot.request = request
         self._busy_slots += 1
         slot.prefilled = keep
-        slot.reused = keep
-        slot.max_tokens = min(params.max_tokens, self._context_size - len(request.prompt))
-        slot.generated = 0
-        slot.utf8 = Utf8Stream()
-        slot.stops = StopMatcher(params.stop)
-        slot.pending = []
+        slot.stream = TokenStream(
+            functools.partial(self._emit, request),
+            stops=params.stop,
+            max_tokens=min(params.max_tokens, self._context_size - len(request.prompt)),
+            prompt_tokens=len(request.prompt),
+            cached_tokens=keep,
+            grammar=slot.picker,
+        )
         slot.draft = []
         slot.lookup = self._drafter.lookup(request.prompt)
 
@@ -360,7 +322,10 @@ class Scheduler:
         for slot in self._slots:
             slot.draft, slot.match = [], 0
         # No token past the request's last: the one sampled after the draft is free.
-        wanted = [(slot.lookup, slot.max_tokens - slot.generated - 1) for slot in drafting]
+        wanted = []
+        for slot in drafting:
+            assert slot.stream is not None
+            wanted.append((slot.lookup, slot.stream.remaining - 1))
         room = min(BATCH - len(drafting), MAX_STEP_DRAFTS)
         drafts = self._drafter.drafts(wanted, room=room)
         for slot, (draft, match) in zip(drafting, drafts, strict=True):
@@ -397,72 +362,38 @@ class Scheduler:
     def _sample(self, slot: Slot, index: int) -> int | None:
         """Samples the slot's next token from the logits of batch position ``index`` and
         sends what it shows; returns it, or None when the sequence finished."""
-        request, sampler = slot.request, slot.sampler
+        request, sampler, stream = slot.request, slot.sampler, slot.stream
         assert request is not None
         assert sampler is not None
-        params = request.params
-        if slot.max_tokens <= 0:
-            self._finish(slot, "length", hit=False)
+        assert stream is not None
+        if stream.remaining <= 0:
+            self._finish(slot, "length")
             return None
         if slot.picker is not None:
             token: int = slot.picker.pick(self._ctx, index)
         else:
             token = sampler.sample(self._ctx, index)
         if llama_cpp.llama_vocab_is_eog(self._vocab, token):
-            self._finish(slot, "stop", hit=False)
+            self._finish(slot, "stop")
             return None
-        slot.generated += 1
         piece = self._piece(token)
-        if params.logprobs is not None:
+        top = request.params.logprobs
+        logprob = None
+        if top is not None:
             logits = self._ctx.get_logits_ith(index)
-            slot.pending.append(
-                token_logprob(logits, self._vocab_size, token, piece, params.logprobs, self._piece)
-            )
-        text, hit = self._visible(slot, slot.utf8.feed(piece))
-        if hit:
-            slot.pending.clear()  # those tokens made the stop sequence, which is not returned
-        if text:
-            self._emit(request, TextDelta(text, tuple(slot.pending), slot.generated))
-            slot.pending.clear()
-        if hit:
-            self._finish(slot, "stop", hit=True)
-            return None
-        if slot.generated >= slot.max_tokens:
-            self._finish(slot, "length", hit=False)
+            logprob = token_logprob(logits, self._vocab_size, token, piece, top, self._piece)
+        reason = stream.push(piece, logprob)
+        if reason is not None:
+            self._finish(slot, reason)
             return None
         slot.last_token = token
         if slot.lookup is not None:
             slot.lookup.append(token)
         return token
 
-    @staticmethod
-    def _visible(slot: Slot, text: str) -> tuple[str, bool]:
-        """The text that may go out now, and whether a stop sequence was reached. Stop
-        sequences do not apply to text under a grammar: they would cut its JSON or its calls
-        (what they held back goes out as the grammar takes over)."""
-        if slot.picker is not None and slot.picker.constraining:
-            return slot.stops.flush() + text, False
-        return slot.stops.feed(text)
-
-    def _finish(self, slot: Slot, reason: FinishReason, *, hit: bool) -> None:
-        request = slot.request
-        assert request is not None
-        if not hit:
-            # Release what was held back: an unfinished character, a partial stop sequence.
-            tail, hit = self._visible(slot, slot.utf8.flush())
-            tail = tail if hit else tail + slot.stops.flush()
-            if tail or slot.pending:
-                self._emit(request, TextDelta(tail, tuple(slot.pending), slot.generated))
-        self._emit(
-            request,
-            Finished(
-                reason=reason,
-                prompt_tokens=len(request.prompt),
-                completion_tokens=slot.generated,
-                stop_sequence=slot.stops.matched,
-                cached_tokens=slot.reused,
-            ),
-        )
+    def _finish(self, slot: Slot, reason: FinishReason) -> None:
+        assert slot.stream is not None
+        slot.stream.finish(reason)
         self._release(slot, keep_cache=True)
 
     def _release(self, slot: Slot, *, keep_cache: bool) -> None:
@@ -473,7 +404,7 @@ class Scheduler:
         if not keep_cache:
             llama_cpp.llama_memory_seq_rm(self._memory, slot.seq, -1, -1)
             slot.cached = []
-        slot.lookup = None
+        slot.lookup, slot.stream = None, None
         with self._lock:
             if slot.request is not None:
                 self._busy_slots -= 1

@@ -18,8 +18,7 @@ import numpy as np
 from llama_cpp import _internals as internals
 
 from app.inference.drafting import PromptLookup
-from app.inference.engine import TokenLogprob
-from app.inference.text import StopMatcher, Utf8Stream
+from app.inference.text import TokenStream
 
 
 @dataclass
@@ -32,13 +31,8 @@ class Slot:
     sampler: internals.LlamaSampler | None = None
     picker: Any = None  # a GrammarPicker, when the request has a grammar
     prefilled: int = 0
-    reused: int = 0  # prompt tokens the cache already held when the request came
-    max_tokens: int = 0
-    generated: int = 0
+    stream: TokenStream | None = None  # the events of the request's tokens
     last_token: int = -1
-    utf8: Utf8Stream = field(default_factory=Utf8Stream)
-    stops: StopMatcher = field(default_factory=lambda: StopMatcher(()))
-    pending: list[TokenLogprob] = field(default_factory=list)
     lookup: PromptLookup | None = None  # the request's tokens, for drafts (None: no drafting)
     draft: list[int] = field(default_factory=list)  # the tokens drafted in this step
     match: int = 0  # the length of the match the draft came from

@@ -1,9 +1,98 @@
-"""Turning generated token bytes into text a client may see."""
+"""Turning generated token bytes into text a client may see: a request's token stream, the
+UTF-8 assembly and the stop sequences it is made of."""
 
 from __future__ import annotations
 
 import codecs
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+from app.inference.engine import Finished, FinishReason, TextDelta, TokenLogprob
+
+
+class Constraint(Protocol):
+    """What a token stream asks of a grammar: whether it holds the text now."""
+
+    @property
+    def constraining(self) -> bool: ...
+
+
+class TokenStream:
+    """The events of one request's generated tokens: text (with its tokens' log probabilities)
+    as soon as it is safe to show, and ``Finished`` at the end.
+
+    Text waits while a character is unfinished or a stop sequence may be starting; a stop
+    sequence ends the text before it, and the tokens that made it are not returned. Under a
+    grammar that is constraining, stop sequences do not apply (they would cut its JSON or its
+    calls) and what they held back goes out.
+    """
+
+    def __init__(
+        self,
+        emit: Callable[[object], None],
+        *,
+        stops: Iterable[str],
+        max_tokens: int,
+        prompt_tokens: int,
+        cached_tokens: int,
+        grammar: Constraint | None = None,
+    ) -> None:
+        self._emit = emit
+        self._utf8 = Utf8Stream()
+        self._stops = StopMatcher(stops)
+        self._pending: list[TokenLogprob] = []
+        self._grammar = grammar
+        self._hit = False
+        self._prompt_tokens = prompt_tokens
+        self._cached_tokens = cached_tokens
+        self.max_tokens = max_tokens
+        self.generated = 0
+
+    @property
+    def remaining(self) -> int:
+        """Tokens the request may still generate."""
+        return self.max_tokens - self.generated
+
+    def push(self, piece: bytes, logprob: TokenLogprob | None = None) -> FinishReason | None:
+        """Counts one generated token (its bytes, and its log probability when asked for) and
+        sends the text it completes; returns why the generation ends here (a stop sequence
+        reached, ``max_tokens`` written), or None."""
+        self.generated += 1
+        if logprob is not None:
+            self._pending.append(logprob)
+        text, self._hit = self._visible(self._utf8.feed(piece))
+        if self._hit:
+            self._pending.clear()  # those tokens made the stop sequence, which is not returned
+        if text:
+            self._emit(TextDelta(text, tuple(self._pending), self.generated))
+            self._pending.clear()
+        if self._hit:
+            return "stop"
+        return "length" if self.generated >= self.max_tokens else None
+
+    def finish(self, reason: FinishReason) -> None:
+        """Sends what was held back (unless a stop sequence was reached) and ``Finished``."""
+        if not self._hit:
+            # Release what was held back: an unfinished character, a partial stop sequence.
+            tail, self._hit = self._visible(self._utf8.flush())
+            tail = tail if self._hit else tail + self._stops.flush()
+            if tail or self._pending:
+                self._emit(TextDelta(tail, tuple(self._pending), self.generated))
+        self._emit(
+            Finished(
+                reason=reason,
+                prompt_tokens=self._prompt_tokens,
+                completion_tokens=self.generated,
+                stop_sequence=self._stops.matched,
+                cached_tokens=self._cached_tokens,
+            )
+        )
+
+    def _visible(self, text: str) -> tuple[str, bool]:
+        """The text that may go out now, and whether a stop sequence was reached."""
+        if self._grammar is not None and self._grammar.constraining:
+            return self._stops.flush() + text, False
+        return self._stops.feed(text)
 
 
 class StopMatcher:

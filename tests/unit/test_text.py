@@ -1,10 +1,11 @@
-"""Stop sequences and UTF-8 in streamed text."""
+"""Stop sequences, UTF-8 and the token stream of a request."""
 
 from __future__ import annotations
 
 import pytest
 
-from app.inference.text import StopMatcher, Utf8Stream
+from app.inference.engine import Finished, TextDelta, TokenLogprob
+from app.inference.text import StopMatcher, TokenStream, Utf8Stream
 
 
 def feed_all(matcher: StopMatcher, pieces: list[str]) -> tuple[str, bool]:
@@ -75,3 +76,71 @@ def test_bytes_that_are_no_character_still_become_replacement_characters() -> No
     assert stream.feed(b"a\xff") == "a\ufffd"
     assert stream.feed(b"\x80") == "\ufffd"
     assert stream.flush() == ""
+
+
+class _Grammar:
+    constraining = False
+
+
+def _stream(
+    stops: tuple[str, ...] = (), max_tokens: int = 10, grammar: _Grammar | None = None
+) -> tuple[TokenStream, list[object]]:
+    events: list[object] = []
+    stream = TokenStream(
+        events.append,
+        stops=stops,
+        max_tokens=max_tokens,
+        prompt_tokens=3,
+        cached_tokens=1,
+        grammar=grammar,
+    )
+    return stream, events
+
+
+def _logprob(text: str) -> TokenLogprob:
+    return TokenLogprob(token=text, bytes=tuple(text.encode()), logprob=-0.5)
+
+
+def test_token_stream_ends_before_a_stop_split_across_tokens_and_drops_its_tokens() -> None:
+    stream, events = _stream(stops=("END",))
+    assert stream.push(b"hi E", _logprob("hi E")) is None
+    assert stream.push(b"N", _logprob("N")) is None
+    assert stream.push(b"D!", _logprob("D!")) == "stop"
+    stream.finish("stop")
+    assert events == [
+        TextDelta("hi ", (_logprob("hi E"),), 1),  # the stop's tokens are not returned
+        Finished(
+            reason="stop",
+            prompt_tokens=3,
+            completion_tokens=3,
+            stop_sequence="END",
+            cached_tokens=1,
+        ),
+    ]
+
+
+def test_token_stream_holds_a_split_character_and_ends_at_max_tokens() -> None:
+    stream, events = _stream(max_tokens=2)
+    assert stream.remaining == 2
+    assert stream.push("é".encode()[:1], _logprob("?")) is None
+    assert events == []  # half a character: nothing to show yet
+    assert stream.push("é".encode()[1:] + b"!", _logprob("!")) == "length"
+    assert stream.remaining == 0
+    stream.finish("length")
+    assert events[0] == TextDelta("é!", (_logprob("?"), _logprob("!")), 2)
+    assert isinstance(events[1], Finished)
+    assert events[1].completion_tokens == 2
+
+
+def test_token_stream_under_a_constraining_grammar_ignores_stops_and_releases_held_text() -> None:
+    grammar = _Grammar()
+    stream, events = _stream(stops=("}",), grammar=grammar)
+    stream.push(b"x}")  # free text: the stop applies
+    stream.finish("stop")
+    assert events[0] == TextDelta("x", (), 1)
+    grammar.constraining = True
+    stream, events = _stream(stops=('"}',), grammar=grammar)
+    stream.push(b'{"a": "')
+    stream.push(b'"}')
+    stream.finish("stop")
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == '{"a": ""}'
