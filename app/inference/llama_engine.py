@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -186,7 +187,9 @@ class LlamaEngine:
             # Everything of a turn but its content (which stays text) is template text.
             fields = [message.tool_call_id or "", message.name or ""]
             for call in message.tool_calls:
-                fields += (call.id, call.name, call.arguments)
+                # The template writes the decoded arguments, where JSON escapes (\u003c) are
+                # the characters they stand for.
+                fields += (call.id, call.name, call.arguments, _decoded(call.arguments))
             if self._tokenizer.spells_control_token("\n".join(fields)):
                 raise InvalidRequest(
                     "A tool call or its id spells one of the model's control tokens.",
@@ -256,3 +259,12 @@ def _can_rewind(model: internals.LlamaModel) -> bool:
         llama_cpp.llama_model_is_recurrent(model.model)
         or llama_cpp.llama_model_is_hybrid(model.model)
     )
+
+
+def _decoded(arguments: str) -> str:
+    """Tool call arguments as a template writes them: decoded, then written out with every
+    character as itself (nothing for text that is not JSON, which templates leave as it is)."""
+    try:
+        return json.dumps(json.loads(arguments), ensure_ascii=False)
+    except ValueError:
+        return ""

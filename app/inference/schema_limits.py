@@ -30,6 +30,12 @@ class SchemaLimits:
     max_alternatives: int = 128  # anyOf/oneOf/allOf entries, and types in a type list
     max_properties: int = 256  # properties of one object
     max_pattern_length: int = 1000
+    # A pattern's items counted with their repetitions multiplied out: two levels of
+    # max_repeat compile in well under a second, ``((a{1000}){1000}){1000}`` (10^9) does not.
+    max_pattern_size: int = 2_000_000
+    # Subschemas converted, each expansion of a '$ref' or an 'allOf' counted: a small schema of
+    # 'allOf's that refer twice to the next one doubles its work at each level.
+    max_expansions: int = 20_000
     max_grammar_bytes: int = 1024 * 1024  # the converted grammar
 
 
@@ -67,6 +73,19 @@ class SchemaTooCostly(InvalidRequest):
     """A schema beyond one of ``SchemaLimits``."""
 
 
+def too_costly(
+    what: str, value: int, limit: int, *, param: str, over: bool = False
+) -> SchemaTooCostly:
+    """The error for a schema whose ``what`` is ``value`` (``over``: more than ``value``), above
+    ``limit``."""
+    amount = f"more than {value}" if over else str(value)
+    return SchemaTooCostly(
+        f"The JSON schema is too costly to enforce: {what} is {amount}, at most {limit} is "
+        "allowed.",
+        param=param,
+    )
+
+
 def check_schema_cost(
     schema: Any, param: str = "response_format.json_schema.schema", limits: SchemaLimits = LIMITS
 ) -> None:
@@ -74,11 +93,7 @@ def check_schema_cost(
     ``limits`` allow; cheap, linear in the schema's size."""
 
     def refuse(what: str, value: int, limit: int) -> SchemaTooCostly:
-        return SchemaTooCostly(
-            f"The JSON schema is too costly to enforce: {what} is {value}, at most {limit} is "
-            "allowed.",
-            param=param,
-        )
+        return too_costly(what, value, limit, param=param)
 
     size = len(json.dumps(schema, separators=(",", ":")))
     if size > limits.max_bytes:

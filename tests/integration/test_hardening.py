@@ -63,6 +63,18 @@ def schema_format(schema: dict[str, object]) -> dict[str, object]:
         ({"enum": [f"v{i}" for i in range(100_000)]}, "size in bytes"),
         ({"enum": [f"v{i}" for i in range(5000)]}, "enum values"),
         ({"type": "string", "pattern": "^a{1000000}$"}, "repetition count in 'pattern'"),
+        ({"type": "string", "pattern": "((a{1000}){1000}){1000}"}, "multiplied out"),
+        # 2 KB whose allOf references double at each level: 2 ** 30 parts.
+        (
+            {
+                "$defs": {
+                    **{f"d{i}": {"allOf": [{"$ref": f"#/$defs/d{i + 1}"}] * 2} for i in range(30)},
+                    "d30": {"type": "string"},
+                },
+                "$ref": "#/$defs/d0",
+            },
+            "'allOf' expanded",
+        ),
     ],
 )
 def test_a_costly_schema_is_refused_at_once_and_costs_no_memory(

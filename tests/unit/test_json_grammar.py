@@ -637,6 +637,37 @@ def test_too_costly_schemas_are_refused_first() -> None:
         json_schema_grammar({"type": "array", "minItems": 10**9}, strict=True, param=PARAM)
 
 
+def doubling(levels: int, keyword: str = "allOf") -> dict[str, object]:
+    """A small schema whose expansion doubles at each level: 2 ** ``levels`` leaves."""
+    defs: dict[str, object] = {
+        f"d{i}": {keyword: [{"$ref": f"#/$defs/d{i + 1}"}, {"$ref": f"#/$defs/d{i + 1}"}]}
+        for i in range(levels)
+    }
+    defs[f"d{levels}"] = {"type": "string", "minLength": 1}
+    return {"$defs": defs, "$ref": "#/$defs/d0"}
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_work_that_refs_multiply_is_bounded(strict: bool) -> None:
+    # allOf expands each reference: 2 ** 30 parts from 2 KB of schema.
+    with pytest.raises(SchemaTooCostly, match="each '\\$ref' and 'allOf' expanded"):
+        json_schema_grammar(doubling(30), strict=strict, param=PARAM)
+    # A few levels are fine, and anyOf's references are converted once however often used.
+    json_schema_grammar(doubling(5), strict=strict, param=PARAM)
+    grammar, _ = json_schema_grammar(doubling(30, "anyOf"), strict=strict, param=PARAM)
+    assert len(grammar) < 10_000
+
+
+def test_nested_repetitions_in_a_pattern_are_bounded_by_their_product() -> None:
+    with pytest.raises(SchemaTooCostly, match="multiplied out is 1000000000"):
+        json_schema_grammar(
+            {"type": "string", "pattern": "((a{1000}){1000}){1000}"}, strict=True, param=PARAM
+        )
+    json_schema_grammar(
+        {"type": "string", "pattern": "^(x{0,50}){0,50}$"}, strict=True, param=PARAM
+    )
+
+
 # The grammar text
 
 

@@ -32,6 +32,7 @@ class AllOfRules(SchemaRules):
     def _flatten(self, schema: Any, path: str, seen: frozenset[str]) -> list[dict[str, Any]]:
         """The schemas that ``schema`` is the conjunction of, ``$ref``s and ``allOf``s
         resolved, each without annotations."""
+        self._spend()
         if schema is True:
             return []
         if schema is False:

@@ -101,6 +101,7 @@ class Converter(StringRules, ContainerRules, AllOfRules):
         return self._expand(("#", ""), self.document, None, at)
 
     def convert(self, schema: Any, at: At) -> str:
+        self._spend()
         self._depth += 1
         try:
             if self._depth > MAX_NESTING:

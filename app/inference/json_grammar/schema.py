@@ -14,6 +14,7 @@ from urllib.parse import unquote
 
 from app.errors import InvalidRequest
 from app.inference.json_grammar.gbnf import sanitize
+from app.inference.schema_limits import LIMITS, too_costly
 
 if TYPE_CHECKING:
     from app.inference.json_grammar.converter import GrammarBuilder
@@ -214,10 +215,24 @@ class SchemaRules:
         self.document = document
         self.strict = strict
         self.param = param
+        self._expansions = 0
 
     def convert(self, schema: Any, at: At) -> str:
         """The rule name of a value valid against ``schema`` (the converter defines it)."""
         raise NotImplementedError
+
+    def _spend(self) -> None:
+        """Counts one subschema converted or flattened, against ``max_expansions``: the
+        schema's own size is bounded before, but ``$ref`` and ``allOf`` can multiply it."""
+        self._expansions += 1
+        if self._expansions > LIMITS.max_expansions:
+            raise too_costly(
+                "the number of subschemas to convert, each '$ref' and 'allOf' expanded",
+                LIMITS.max_expansions,
+                LIMITS.max_expansions,
+                param=self.param,
+                over=True,
+            )
 
     # Errors
 

@@ -33,6 +33,7 @@ from app.inference.regex_subset import (
     nullable,
     subtract,
 )
+from app.inference.schema_limits import LIMITS, too_costly
 
 
 class StringRules(SchemaRules):
@@ -97,6 +98,14 @@ class StringRules(SchemaRules):
 
     def _pattern_uncached(self, pattern: str) -> str:
         tree = RegexParser(pattern).parse()
+        size = _expanded_size(tree)
+        if size > LIMITS.max_pattern_size:
+            raise too_costly(
+                "the size of 'pattern' with its repetitions multiplied out",
+                size,
+                LIMITS.max_pattern_size,
+                param=self.param,
+            )
         try:
             re.compile(pattern)  # what validators will run
         except re.error as exc:
@@ -176,3 +185,14 @@ class StringRules(SchemaRules):
         if not parts:
             raise PatternError("a character class that matches no character")
         return parts[0] if len(parts) == 1 else self.builder.rule("chars", " | ".join(parts))
+
+
+def _expanded_size(node: Node) -> int:
+    """The items of a pattern's tree, each repetition counted as its count of copies."""
+    if isinstance(node, Seq):
+        return sum(_expanded_size(item) for item in node.items)
+    if isinstance(node, Alt):
+        return sum(_expanded_size(option) for option in node.options)
+    if isinstance(node, Repeat):
+        return _expanded_size(node.node) * max(node.low, node.high or 1)
+    return 1
