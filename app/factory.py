@@ -223,7 +223,12 @@ def build_services(
         anthropic_messages=MessagesServing(chat),
         embeddings=EmbeddingServing(host, limits=limits, ledger=ledger, metrics=metrics),
         responses=ResponsesServing(
-            chat, ResponseStore(db, retention_days=settings.responses_retention_days)
+            chat,
+            ResponseStore(
+                db,
+                retention_days=settings.responses_retention_days,
+                on_write_failure=metrics.response_store_failures.inc,
+            ),
         ),
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from typing import Any
@@ -13,6 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app.accounts.schemas import ApiKeyView, User
 from app.db import Database
 from app.db.tables import api_keys, users
+from app.errors import DatabaseDown
+
+logger = logging.getLogger(__name__)
 
 _SELECT_USER = sa.select(users)
 
@@ -208,6 +212,11 @@ class AccountStore:
         return user, row["key_id"], row["last_used_at"]
 
     async def touch_api_key(self, key_id: int, when: int) -> None:
-        await self._db.execute(
-            sa.update(api_keys).where(api_keys.c.id == key_id).values(last_used_at=when)
-        )
+        """Records when a key was last used, if it can: on a full disk or a read-only database
+        the request it came with goes on, and the next one tries again."""
+        try:
+            await self._db.execute(
+                sa.update(api_keys).where(api_keys.c.id == key_id).values(last_used_at=when)
+            )
+        except (DatabaseDown, sa.exc.SQLAlchemyError, OSError) as exc:
+            logger.warning("cannot record the use of API key %d: %s", key_id, exc)

@@ -3,20 +3,34 @@
 Each row belongs to one user: every read, update and delete names the user, so another user's
 id is simply not found. Rows older than the retention are deleted as new ones are written, and a
 user's rows go with the user (a foreign key).
+
+A response is saved after its answer was generated: where it cannot be written (a full disk, a
+read-only or unreachable database), it is held in memory and served from there, written with the
+next save, and the answer still reaches its client.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 
 from app.db import Database
 from app.db.tables import responses
+from app.errors import DatabaseDown
+
+logger = logging.getLogger(__name__)
 
 # Old rows are looked for at most this often (seconds).
 _PURGE_EVERY = 60.0
+# At most one error line per this many seconds while responses cannot be written.
+_FAILURE_LOG_SECONDS = 60.0
+# Responses held in memory at most; beyond, the oldest is dropped (and logged).
+_MAX_HELD = 1000
+_WRITE_FAILED = (DatabaseDown, sa.exc.SQLAlchemyError, OSError)
 
 
 @dataclass(frozen=True)
@@ -32,13 +46,54 @@ class StoredResponse:
 class ResponseStore:
     """Reads and writes the ``responses`` table."""
 
-    def __init__(self, db: Database, *, retention_days: int) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        retention_days: int,
+        on_write_failure: Callable[[], None] | None = None,
+    ) -> None:
         self._db = db
         self._retention = retention_days * 86400
         self._purged = 0.0
+        self._held: dict[str, tuple[int, StoredResponse, int]] = {}  # id: user, it, created_at
+        self._on_write_failure = on_write_failure
+        self._last_failure_log = 0.0
 
     async def save(self, user_id: int, stored: StoredResponse, *, created_at: int) -> None:
-        """Writes (or rewrites) a response, committed on return."""
+        """Writes (or rewrites) a response, committed on return if it can be.
+
+        Never raises for a write that fails: the response is held in memory (``get`` finds it),
+        written with the next save, and counted in ``llm_response_store_failures_total``.
+        """
+        self._held.pop(stored.id, None)  # the newest version goes last
+        self._held[stored.id] = (user_id, stored, created_at)
+        if len(self._held) > _MAX_HELD:
+            dropped = next(iter(self._held))
+            del self._held[dropped]
+            logger.error("dropped the stored response %s: too many wait to be written", dropped)
+        await self.flush()
+
+    async def flush(self) -> bool:
+        """Writes the responses held in memory; whether none is left."""
+        while self._held:
+            response_id, (user_id, stored, created_at) = next(iter(self._held.items()))
+            try:
+                await self._db.execute(self._upsert(user_id, stored, created_at))
+            except sa.exc.IntegrityError:
+                logger.info("dropped a response of user %d, deleted meanwhile", user_id)
+            except _WRITE_FAILED as exc:
+                self._failed(exc)
+                return False
+            if self._held.get(response_id, (0, None))[1] is stored:  # not saved again meanwhile
+                del self._held[response_id]
+        try:
+            await self._purge()
+        except _WRITE_FAILED as exc:
+            self._failed(exc)
+        return True
+
+    def _upsert(self, user_id: int, stored: StoredResponse, created_at: int) -> sa.Executable:
         insert = self._db.insert(responses).values(
             id=stored.id,
             user_id=user_id,
@@ -47,18 +102,31 @@ class ResponseStore:
             input_items=stored.input_items.decode(),
             conversation=stored.conversation.decode(),
         )
-        await self._db.execute(
-            insert.on_conflict_do_update(
-                index_elements=[responses.c.id],
-                set_={"body": insert.excluded.body, "conversation": insert.excluded.conversation},
-                # An id is only ever rewritten by its own user.
-                where=responses.c.user_id == insert.excluded.user_id,
-            )
+        return insert.on_conflict_do_update(  # type: ignore[no-any-return]
+            index_elements=[responses.c.id],
+            set_={"body": insert.excluded.body, "conversation": insert.excluded.conversation},
+            # An id is only ever rewritten by its own user.
+            where=responses.c.user_id == insert.excluded.user_id,
         )
-        await self._purge()
+
+    def _failed(self, exc: BaseException) -> None:
+        if self._on_write_failure is not None:
+            self._on_write_failure()
+        now = time.monotonic()
+        if now - self._last_failure_log >= _FAILURE_LOG_SECONDS:  # loud, not a flood
+            self._last_failure_log = now
+            logger.error(
+                "cannot write stored responses to the database (%s); %d are held in memory "
+                "and written with the next one",
+                exc,
+                len(self._held),
+            )
 
     async def get(self, user_id: int, response_id: str) -> StoredResponse | None:
         """The user's response of this id, if there is one (and it is not past retention)."""
+        held = self._held.get(response_id)
+        if held is not None and held[0] == user_id:
+            return held[1]
         row = await self._db.fetch_one(
             sa.select(responses).where(
                 responses.c.id == response_id,
@@ -77,6 +145,11 @@ class ResponseStore:
 
     async def delete(self, user_id: int, response_id: str) -> bool:
         """Deletes the user's response of this id; whether there was one."""
+        held = self._held.get(response_id)
+        if held is not None and held[0] == user_id:
+            del self._held[response_id]
+            await self.delete(user_id, response_id)  # an older version may have been written
+            return True
         changed = await self._db.execute(
             sa.delete(responses).where(
                 responses.c.id == response_id, responses.c.user_id == user_id

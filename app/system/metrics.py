@@ -116,6 +116,12 @@ class Metrics:
             "written later).",
             registry=self.registry,
         )
+        self.response_store_failures = Counter(
+            "llm_response_store_failures",
+            "Times a stored response (/v1/responses, store: true) could not be written (it is "
+            "held in memory and written later).",
+            registry=self.registry,
+        )
         self.registry.register(_EngineCollector(stats))
 
     def embedding(self, model: str, tokens: int, duration: float) -> None:

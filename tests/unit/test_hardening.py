@@ -122,6 +122,8 @@ async def test_an_answer_is_delivered_when_its_usage_cannot_be_written(tmp_path:
     chat = {"model": "tinyllama-1.1b", "messages": [{"role": "user", "content": "hi"}]}
     async with AsyncTestClient(app=create_app(settings, services)) as client:
         admin = bearer(await login(client, ADMIN, ADMIN_PASSWORD))
+        made = await client.post("/users/me/api-keys", json={"name": "k"}, headers=admin)
+        key = {"Authorization": f"Bearer {made.json()['key']}"}
         db = services.db
         read_only = ReadOnly(db)
         await read_only.set(True)  # every write now fails, as on a full disk
@@ -130,8 +132,23 @@ async def test_an_answer_is_delivered_when_its_usage_cannot_be_written(tmp_path:
         assert answer.json()["choices"][0]["message"]["content"] == " one two three four"
         metrics = (await client.get("/metrics", headers=admin)).text
         assert "llm_usage_write_failures_total 1.0" in metrics
-        await read_only.set(False)  # space again: the held row goes in next
+        # A key's first use cannot be recorded: the request goes on.
+        assert (await client.post("/v1/chat/completions", json=chat, headers=key)).is_success
+        # A stored response that cannot be written is delivered, held and found.
+        asked = {"model": "tinyllama-1.1b", "input": "hi"}
+        stored = await client.post("/v1/responses", json=asked, headers=admin)
+        assert stored.status_code == 200, stored.text
+        assert stored.json()["output"][0]["content"][0]["text"] == " one two three four"
+        metrics = (await client.get("/metrics", headers=admin)).text
+        assert "llm_response_store_failures_total 1.0" in metrics
+        found = f"/v1/responses/{stored.json()['id']}"
+        assert (await client.get(found, headers=admin)).status_code == 200
+        await read_only.set(False)  # space again: the held rows go in next
         assert (await client.post("/v1/chat/completions", json=chat, headers=admin)).is_success
         usage = (await client.get("/users/me/usage", headers=admin)).json()
-        assert usage["days"][0]["requests"] == 2
-        assert usage["days"][0]["completion_tokens"] == 8
+        assert usage["days"][0]["requests"] == 4
+        assert usage["days"][0]["completion_tokens"] == 16
+        follow = {**asked, "previous_response_id": stored.json()["id"]}
+        assert (await client.post("/v1/responses", json=follow, headers=admin)).is_success
+        services.responses._store._held.clear()  # written by then: read from the database
+        assert (await client.get(found, headers=admin)).status_code == 200
