@@ -6,9 +6,11 @@ import asyncio
 import contextlib
 import resource
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import llama_cpp
@@ -18,6 +20,7 @@ from app.accounts.passwords import Passwords
 from app.factory import create_app
 from app.inference.engine import ChatMessage, EngineConfig, SamplingParams, TextDelta
 from app.inference.llama_engine import LlamaEngine
+from app.inference.tokenizer import Cancelled
 from app.settings import Settings
 from tests.integration.support import (
     MODEL_ID,
@@ -138,6 +141,40 @@ async def test_a_slow_grammar_compiles_while_the_others_stream(engine: LlamaEngi
     await compiling
     await running.aclose()  # type: ignore[attr-defined]
     await slow_one.aclose()  # type: ignore[attr-defined]
+
+
+async def test_tokenizing_stops_when_its_client_leaves(
+    engine: LlamaEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outcomes: list[str] = []
+    ended = threading.Event()
+    encode = engine._tokenizer.encode
+
+    def watched(fragments: Any, **options: Any) -> list[int]:
+        try:
+            tokens = encode(fragments, **options)
+        except Cancelled:
+            outcomes.append("stopped")
+            raise
+        else:
+            outcomes.append("finished")
+        finally:
+            ended.set()
+        return tokens
+
+    monkeypatch.setattr(engine._tokenizer, "encode", watched)
+    # Megabytes of chat: seconds of tokenizing, checked for its client between messages.
+    chat = [ChatMessage("user", "many words " * 300)] * 4000
+    task = asyncio.ensure_future(engine.tokenize_chat(chat))
+    await asyncio.sleep(0.3)
+    assert not task.done()
+    task.cancel()  # what a client that leaves does to its request's task
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # The worker thread notices at its next message.
+    assert await asyncio.to_thread(ended.wait, 120)
+    assert outcomes == ["stopped"]
+    assert await engine.tokenize_chat([ChatMessage("user", "Hi")])
 
 
 async def test_what_a_user_writes_is_text_even_where_it_spells_a_control_token(
