@@ -30,12 +30,11 @@ class SchemaLimits:
     max_alternatives: int = 128  # anyOf/oneOf/allOf entries, and types in a type list
     max_properties: int = 256  # properties of one object
     max_pattern_length: int = 1000
-    # A pattern's items counted with their repetitions multiplied out: two levels of
-    # max_repeat compile in well under a second, ``((a{1000}){1000}){1000}`` (10^9) does not.
-    max_pattern_size: int = 2_000_000
-    # Subschemas converted, each expansion of a '$ref' or an 'allOf' counted: a small schema of
-    # 'allOf's that refer twice to the next one doubles its work at each level.
-    max_expansions: int = 20_000
+    # Subschemas converted, each expansion of a '$ref' or an 'allOf' counted, for all the
+    # schemas of one grammar (a request's tools together): a small schema of 'allOf's that
+    # refer twice to the next one doubles its work at each level.
+    max_expansions: int = 100_000
+    max_convert_seconds: float = 2.0  # converting the schemas of one grammar
     max_grammar_bytes: int = 1024 * 1024  # the converted grammar
 
 

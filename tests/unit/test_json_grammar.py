@@ -658,14 +658,12 @@ def test_work_that_refs_multiply_is_bounded(strict: bool) -> None:
     assert len(grammar) < 10_000
 
 
-def test_nested_repetitions_in_a_pattern_are_bounded_by_their_product() -> None:
-    with pytest.raises(SchemaTooCostly, match="multiplied out is 1000000000"):
-        json_schema_grammar(
-            {"type": "string", "pattern": "((a{1000}){1000}){1000}"}, strict=True, param=PARAM
-        )
-    json_schema_grammar(
-        {"type": "string", "pattern": "^(x{0,50}){0,50}$"}, strict=True, param=PARAM
-    )
+def test_the_budget_is_shared_by_every_schema_of_a_grammar() -> None:
+    builder = GrammarBuilder()  # as for a request's tools
+    builder.value(doubling(14), strict=True, param="tools[0].function.parameters")
+    with pytest.raises(SchemaTooCostly) as refused:
+        builder.value(doubling(14), strict=True, param="tools[1].function.parameters")
+    assert refused.value.param == "tools[1].function.parameters"
 
 
 # The grammar text

@@ -9,7 +9,6 @@ from typing import Any
 from app.inference.json_grammar.gbnf import SHORT_ESCAPES, atom, char_class, json_char, repeat, seq
 from app.inference.json_grammar.schema import (
     ARRAY_UNSUPPORTED,
-    KEY_DEPTH,
     OBJECT_UNSUPPORTED,
     At,
     SchemaRules,
@@ -18,6 +17,9 @@ from app.inference.json_grammar.schema import (
     path_key,
 )
 from app.inference.regex_subset import SPECIAL, UNIVERSE, codes, contains, norm, subtract
+
+# Characters of declared keys that an extra key may share before it must differ.
+_KEY_DEPTH = 16
 
 
 class ContainerRules(SchemaRules):
@@ -135,7 +137,7 @@ class ContainerRules(SchemaRules):
         """A JSON string (quoted) that is none of ``keys``: a duplicate key would override a
         declared property's value with one its schema does not allow.
 
-        One rule per node of the keys' trie, down to ``KEY_DEPTH`` characters: a key that
+        One rule per node of the keys' trie, down to ``_KEY_DEPTH`` characters: a key that
         shares more than that with a declared one is refused too, which keeps the grammar
         small. Where a key may still be spelt, characters have one spelling only (no \\u
         escapes), so that each key has one spelling to exclude.
@@ -145,16 +147,16 @@ class ContainerRules(SchemaRules):
         trie: dict[str, Any] = {}
         for key in keys:
             node = trie
-            for char in key[: KEY_DEPTH + 1]:
+            for char in key[: _KEY_DEPTH + 1]:
                 node = node.setdefault(char, {})
-            if len(key) <= KEY_DEPTH:
+            if len(key) <= _KEY_DEPTH:
                 node[""] = {}  # a key ends here
         order: list[tuple[dict[str, Any], int]] = []
         stack = [(trie, 0)]
         while stack:
             node, depth = stack.pop()
             order.append((node, depth))
-            if depth < KEY_DEPTH:
+            if depth < _KEY_DEPTH:
                 stack.extend((child, depth + 1) for char, child in node.items() if char)
         names: dict[int, str] = {}
         for node, depth in reversed(order):  # children before their parents
@@ -165,7 +167,7 @@ class ContainerRules(SchemaRules):
             }
             options = [] if "" in node else ['"\\""']
             options.append(self._key_other(children, tail))
-            if depth < KEY_DEPTH:
+            if depth < _KEY_DEPTH:
                 options.extend(
                     f"{self.builder.literal(json_char(c))} {names[id(child)]}"
                     for c, child in sorted(children.items())

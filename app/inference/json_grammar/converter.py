@@ -4,6 +4,7 @@ the rules of one grammar (``GrammarBuilder``)."""
 from __future__ import annotations
 
 import math
+import time
 from fractions import Fraction
 from typing import Any
 
@@ -33,7 +34,10 @@ from app.inference.json_grammar.schema import (
 )
 from app.inference.json_grammar.strings import StringRules
 from app.inference.regex_subset import PatternError
-from app.inference.schema_limits import SchemaTooCostly, check_schema_cost
+from app.inference.schema_limits import LIMITS, SchemaTooCostly, check_schema_cost, too_costly
+
+# Rules made (some never reached, such as unsatisfiable branches) beyond the final grammar's limit.
+_MAX_DEFINED = 4
 
 
 class GrammarBuilder(GbnfRules):
@@ -44,6 +48,37 @@ class GrammarBuilder(GbnfRules):
         super().__init__()
         self.patterns: dict[str, str | PatternError] = {}  # pattern -> its GBNF, or why not
         self._unenforced: set[str] = set()
+        self._expansions = 0
+        self._deadline = time.monotonic() + LIMITS.max_convert_seconds
+
+    def spend(self, param: str) -> None:
+        """Counts one subschema converted or flattened, for every schema of this grammar
+        together (all the tools of a request): the schemas' own size is bounded before, but
+        ``$ref`` and ``allOf`` can multiply the work, and one step can cost as much as a
+        subschema's size. Raises ``SchemaTooCostly`` past ``max_expansions``, past
+        ``max_convert_seconds``, or once the rules made are far past ``max_grammar_bytes``."""
+        self._expansions += 1
+        if self._expansions > LIMITS.max_expansions:
+            raise too_costly(
+                "the number of subschemas to convert, each '$ref' and 'allOf' expanded",
+                LIMITS.max_expansions,
+                LIMITS.max_expansions,
+                param=param,
+                over=True,
+            )
+        if self.defined_bytes > _MAX_DEFINED * LIMITS.max_grammar_bytes:
+            raise too_costly(
+                "the size of the rules it makes in bytes",
+                self.defined_bytes,
+                _MAX_DEFINED * LIMITS.max_grammar_bytes,
+                param=param,
+            )
+        if time.monotonic() > self._deadline:
+            raise SchemaTooCostly(
+                "The JSON schema is too costly to enforce: converting it takes more than "
+                f"{LIMITS.max_convert_seconds:g} seconds.",
+                param=param,
+            )
 
     def value(self, schema: Any, *, strict: bool, param: str, name: str = "value") -> str:
         """Adds the rules for a JSON value valid against ``schema``; returns the rule name to use

@@ -146,15 +146,17 @@ _GROUPING = re.compile(r'"(?:[^"\\]|\\.)*"|\[(?:[^\]\\]|\\.)*\]|[()]')
 class GbnfRules:
     """Collects GBNF rules for one grammar; shared primitives are defined once.
 
-    Rules are named after where their subschema is, and a rule whose text equals one already
-    added is not added again: converting the same schemas in the same order gives the same
-    grammar.
+    Rules get the names their callers derive them from (made unique), and a rule whose text
+    equals one already added is not added again: adding the same rules in the same order gives
+    the same grammar.
     """
 
     def __init__(self) -> None:
         self._rules: dict[str, str | None] = {}  # None: reserved, defined later
         self._by_body: dict[str, str] = {}
         self._suffixes: dict[str, int] = {}
+        self.defined_bytes = 0
+        """The text of every rule defined so far (reached from the root or not)."""
 
     def rule(self, name: str, body: str) -> str:
         """Adds the GBNF rule ``body`` under a unique name derived from ``name`` and returns
@@ -236,6 +238,7 @@ class GbnfRules:
     def define(self, name: str, body: str) -> None:
         """Gives the rule ``name`` (from ``reserve``) its body."""
         self._rules[name] = body
+        self.defined_bytes += len(name) + len(body) + 5
         self._by_body.setdefault(body, name)
 
 

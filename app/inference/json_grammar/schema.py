@@ -14,7 +14,6 @@ from urllib.parse import unquote
 
 from app.errors import InvalidRequest
 from app.inference.json_grammar.gbnf import sanitize
-from app.inference.schema_limits import LIMITS, too_costly
 
 if TYPE_CHECKING:
     from app.inference.json_grammar.converter import GrammarBuilder
@@ -33,11 +32,6 @@ class Unsatisfiable(UnsupportedSchema):
 # Subschemas inside subschemas (``$ref`` and ``allOf`` expansions included) before Python's stack
 # would run out; check_schema_cost allows far less nesting.
 MAX_NESTING = 100
-# Characters of declared keys that an extra key may share before it must differ.
-KEY_DEPTH = 16
-
-# The shortest and longest text of each format, to tell whether minLength/maxLength hold anyway.
-FORMAT_LENGTHS = {"date": (10, 10), "time": (9, 24), "date-time": (20, 35), "uuid": (36, 36)}
 
 ANNOTATIONS = frozenset(
     {
@@ -215,24 +209,15 @@ class SchemaRules:
         self.document = document
         self.strict = strict
         self.param = param
-        self._expansions = 0
 
     def convert(self, schema: Any, at: At) -> str:
         """The rule name of a value valid against ``schema`` (the converter defines it)."""
         raise NotImplementedError
 
     def _spend(self) -> None:
-        """Counts one subschema converted or flattened, against ``max_expansions``: the
-        schema's own size is bounded before, but ``$ref`` and ``allOf`` can multiply it."""
-        self._expansions += 1
-        if self._expansions > LIMITS.max_expansions:
-            raise too_costly(
-                "the number of subschemas to convert, each '$ref' and 'allOf' expanded",
-                LIMITS.max_expansions,
-                LIMITS.max_expansions,
-                param=self.param,
-                over=True,
-            )
+        """Counts one subschema converted or flattened against the grammar's budget
+        (``GrammarBuilder.spend``)."""
+        self.builder.spend(self.param)
 
     # Errors
 

@@ -14,7 +14,7 @@ from app.inference.json_grammar.gbnf import (
     json_char,
     repeat,
 )
-from app.inference.json_grammar.schema import FORMAT_LENGTHS, At, SchemaRules
+from app.inference.json_grammar.schema import At, SchemaRules
 from app.inference.regex_subset import (
     SPECIAL,
     Alt,
@@ -33,7 +33,9 @@ from app.inference.regex_subset import (
     nullable,
     subtract,
 )
-from app.inference.schema_limits import LIMITS, too_costly
+
+# The shortest and longest text of each format, to tell whether minLength/maxLength hold anyway.
+_FORMAT_LENGTHS = {"date": (10, 10), "time": (9, 24), "date-time": (20, 35), "uuid": (36, 36)}
 
 
 class StringRules(SchemaRules):
@@ -48,9 +50,9 @@ class StringRules(SchemaRules):
         lengths: tuple[int, int] | None = None
         format_ = schema.get("format")
         if format_ is not None:
-            if isinstance(format_, str) and format_ in FORMAT_LENGTHS:
+            if isinstance(format_, str) and format_ in _FORMAT_LENGTHS:
                 content = self.builder.primitive(format_)
-                lengths = FORMAT_LENGTHS[format_]
+                lengths = _FORMAT_LENGTHS[format_]
             else:
                 self._cannot("format", "a string", at.path, f"the format {format_!r}")
         pattern = schema.get("pattern")
@@ -98,14 +100,6 @@ class StringRules(SchemaRules):
 
     def _pattern_uncached(self, pattern: str) -> str:
         tree = RegexParser(pattern).parse()
-        size = _expanded_size(tree)
-        if size > LIMITS.max_pattern_size:
-            raise too_costly(
-                "the size of 'pattern' with its repetitions multiplied out",
-                size,
-                LIMITS.max_pattern_size,
-                param=self.param,
-            )
         try:
             re.compile(pattern)  # what validators will run
         except re.error as exc:
@@ -185,14 +179,3 @@ class StringRules(SchemaRules):
         if not parts:
             raise PatternError("a character class that matches no character")
         return parts[0] if len(parts) == 1 else self.builder.rule("chars", " | ".join(parts))
-
-
-def _expanded_size(node: Node) -> int:
-    """The items of a pattern's tree, each repetition counted as its count of copies."""
-    if isinstance(node, Seq):
-        return sum(_expanded_size(item) for item in node.items)
-    if isinstance(node, Alt):
-        return sum(_expanded_size(option) for option in node.options)
-    if isinstance(node, Repeat):
-        return _expanded_size(node.node) * max(node.low, node.high or 1)
-    return 1
