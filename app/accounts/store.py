@@ -18,6 +18,9 @@ from app.errors import DatabaseDown
 
 logger = logging.getLogger(__name__)
 
+# At most one warning per this many seconds while API keys' last use cannot be recorded.
+_TOUCH_FAILURE_LOG_SECONDS = 60.0
+
 _SELECT_USER = sa.select(users)
 
 
@@ -77,6 +80,7 @@ class AccountStore:
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._touch_failure_logged = 0.0
 
     async def create_user(self, username: str, password_hash: str, *, is_admin: bool) -> User:
         statement = (
@@ -219,4 +223,7 @@ class AccountStore:
                 sa.update(api_keys).where(api_keys.c.id == key_id).values(last_used_at=when)
             )
         except (DatabaseDown, sa.exc.SQLAlchemyError, OSError) as exc:
-            logger.warning("cannot record the use of API key %d: %s", key_id, exc)
+            now = time.monotonic()
+            if now - self._touch_failure_logged >= _TOUCH_FAILURE_LOG_SECONDS:  # not per request
+                self._touch_failure_logged = now
+                logger.warning("cannot record when API keys were last used: %s", exc)

@@ -266,5 +266,5 @@ def _decoded(arguments: str) -> str:
     character as itself (nothing for text that is not JSON, which templates leave as it is)."""
     try:
         return json.dumps(json.loads(arguments), ensure_ascii=False)
-    except ValueError:
+    except (ValueError, RecursionError):
         return ""

@@ -11,6 +11,7 @@ next save, and the answer still reaches its client.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -28,8 +29,8 @@ logger = logging.getLogger(__name__)
 _PURGE_EVERY = 60.0
 # At most one error line per this many seconds while responses cannot be written.
 _FAILURE_LOG_SECONDS = 60.0
-# Responses held in memory at most; beyond, the oldest is dropped (and logged).
-_MAX_HELD = 1000
+# Bytes of responses held in memory at most; beyond, the oldest are dropped (and logged).
+_MAX_HELD_BYTES = 64 * 1024 * 1024
 _WRITE_FAILED = (DatabaseDown, sa.exc.SQLAlchemyError, OSError)
 
 
@@ -41,6 +42,10 @@ class StoredResponse:
     body: bytes
     input_items: bytes
     conversation: bytes
+
+    @property
+    def size(self) -> int:
+        return len(self.body) + len(self.input_items) + len(self.conversation)
 
 
 class ResponseStore:
@@ -57,8 +62,15 @@ class ResponseStore:
         self._retention = retention_days * 86400
         self._purged = 0.0
         self._held: dict[str, tuple[int, StoredResponse, int]] = {}  # id: user, it, created_at
+        self._held_bytes = 0
+        self._writing = asyncio.Lock()  # one flush at a time, in the order of the saves
         self._on_write_failure = on_write_failure
         self._last_failure_log = 0.0
+
+    @property
+    def held(self) -> int:
+        """Responses waiting in memory to be written."""
+        return len(self._held)
 
     async def save(self, user_id: int, stored: StoredResponse, *, created_at: int) -> None:
         """Writes (or rewrites) a response, committed on return if it can be.
@@ -66,32 +78,43 @@ class ResponseStore:
         Never raises for a write that fails: the response is held in memory (``get`` finds it),
         written with the next save, and counted in ``llm_response_store_failures_total``.
         """
-        self._held.pop(stored.id, None)  # the newest version goes last
-        self._held[stored.id] = (user_id, stored, created_at)
-        if len(self._held) > _MAX_HELD:
-            dropped = next(iter(self._held))
-            del self._held[dropped]
-            logger.error("dropped the stored response %s: too many wait to be written", dropped)
+        self._hold((user_id, stored, created_at))
         await self.flush()
 
     async def flush(self) -> bool:
-        """Writes the responses held in memory; whether none is left."""
-        while self._held:
-            response_id, (user_id, stored, created_at) = next(iter(self._held.items()))
+        """Writes the responses held in memory, oldest first; whether none is left."""
+        async with self._writing:
+            while self._held:
+                response_id, entry = next(iter(self._held.items()))
+                try:
+                    await self._db.execute(self._upsert(*entry))
+                except sa.exc.IntegrityError:
+                    logger.info("dropped a response of user %d, deleted meanwhile", entry[0])
+                except _WRITE_FAILED as exc:
+                    self._failed(exc)
+                    return False
+                if self._held.get(response_id) is entry:  # not saved again meanwhile
+                    self._release(response_id)
             try:
-                await self._db.execute(self._upsert(user_id, stored, created_at))
-            except sa.exc.IntegrityError:
-                logger.info("dropped a response of user %d, deleted meanwhile", user_id)
+                await self._purge()
             except _WRITE_FAILED as exc:
                 self._failed(exc)
-                return False
-            if self._held.get(response_id, (0, None))[1] is stored:  # not saved again meanwhile
-                del self._held[response_id]
-        try:
-            await self._purge()
-        except _WRITE_FAILED as exc:
-            self._failed(exc)
-        return True
+            return True
+
+    def _hold(self, response: tuple[int, StoredResponse, int]) -> None:
+        response_id = response[1].id
+        if response_id in self._held:  # the newest version goes last
+            self._release(response_id)
+        self._held[response_id] = response
+        self._held_bytes += response[1].size
+        while self._held_bytes > _MAX_HELD_BYTES and len(self._held) > 1:
+            dropped = next(iter(self._held))
+            self._release(dropped)
+            logger.error("dropped the stored response %s: too many wait to be written", dropped)
+
+    def _release(self, response_id: str) -> None:
+        _, stored, _ = self._held.pop(response_id)
+        self._held_bytes -= stored.size
 
     def _upsert(self, user_id: int, stored: StoredResponse, created_at: int) -> sa.Executable:
         insert = self._db.insert(responses).values(
@@ -145,17 +168,16 @@ class ResponseStore:
 
     async def delete(self, user_id: int, response_id: str) -> bool:
         """Deletes the user's response of this id; whether there was one."""
-        held = self._held.get(response_id)
-        if held is not None and held[0] == user_id:
-            del self._held[response_id]
-            await self.delete(user_id, response_id)  # an older version may have been written
-            return True
-        changed = await self._db.execute(
-            sa.delete(responses).where(
-                responses.c.id == response_id, responses.c.user_id == user_id
+        async with self._writing:  # not while a flush may write it again
+            held = self._held.get(response_id)
+            if held is not None and held[0] == user_id:
+                self._release(response_id)
+            changed = await self._db.execute(
+                sa.delete(responses).where(
+                    responses.c.id == response_id, responses.c.user_id == user_id
+                )
             )
-        )
-        return changed > 0
+        return changed > 0 or (held is not None and held[0] == user_id)
 
     def _oldest(self) -> int:
         return int(time.time()) - self._retention

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import msgspec
@@ -50,6 +51,10 @@ from app.openai.tools import ToolPlan, chat_messages, tool_plan
 from app.openai.turn import Turn
 
 _RESPONSE_SCHEMA = "response_format.json_schema.schema"
+
+# Schemas become grammars on threads of their own (each conversion is bounded, at most 2 s):
+# on the default pool they would hold up password hashing, which runs there.
+_CONVERTING = ThreadPoolExecutor(max_workers=2, thread_name_prefix="schema-grammar")
 
 
 class ChatServing(OpenAIServing):
@@ -104,7 +109,9 @@ class ChatServing(OpenAIServing):
         answer = _answer_schema(request)
 
         async def prepare(engine: Engine) -> tuple[list[list[int]], SamplingParams]:
-            grammar, opening = await asyncio.to_thread(_grammar, engine, plan, answer)
+            grammar, opening = await asyncio.get_running_loop().run_in_executor(
+                _CONVERTING, _grammar, engine, plan, answer
+            )
             params = request.sampling_params(
                 self._defaults,
                 vocab_size=engine.vocab_size,

@@ -63,7 +63,7 @@ class ResponsesServing:
     @contextlib.asynccontextmanager
     async def lifespan(self, _: object) -> AsyncIterator[None]:
         """The app's lifespan: background responses still running at shutdown are cancelled
-        (and stored as such)."""
+        (and stored as such), and responses held in memory are written if they can be."""
         try:
             yield
         finally:
@@ -71,6 +71,10 @@ class ResponsesServing:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if not await self._store.flush():
+                logger.error(
+                    "%d stored responses could not be written before shutdown", self._store.held
+                )
 
     # --- create --------------------------------------------------------------------------------
 

@@ -181,6 +181,8 @@ def _arguments(text: str, param: str) -> None:
         value = json.loads(text)
     except ValueError:
         raise _refused("A tool call's arguments must be a JSON object.", param) from None
+    except RecursionError:
+        raise _refused("A tool call's arguments nest too deeply.", param) from None
     if not isinstance(value, dict):
         raise _refused("A tool call's arguments must be a JSON object.", param)
 

@@ -148,5 +148,5 @@ def whole_arguments(arguments: str) -> bool:
     """Whether a call's arguments are a whole JSON object (not cut short by max_tokens)."""
     try:
         return isinstance(json.loads(arguments), dict)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from litestar.testing import AsyncTestClient
 from app.accounts.passwords import Passwords
 from app.db import Database
 from app.factory import build_services, create_app
+from app.openai.response_store import StoredResponse
 from tests.unit.fakes import FakeEngine
 from tests.unit.support import ADMIN, ADMIN_PASSWORD, bearer, login, settings_for
 
@@ -152,3 +154,34 @@ async def test_an_answer_is_delivered_when_its_usage_cannot_be_written(tmp_path:
         assert (await client.post("/v1/responses", json=follow, headers=admin)).is_success
         services.responses._store._held.clear()  # written by then: read from the database
         assert (await client.get(found, headers=admin)).status_code == 200
+
+
+async def test_held_responses_keep_their_newest_version_and_are_written_in_order(
+    tmp_path: Path,
+) -> None:
+    settings = settings_for(tmp_path)
+    services = build_services(settings, engine=FakeEngine())
+    async with AsyncTestClient(app=create_app(settings, services)):
+        store = services.responses._store
+        admin = (await services.accounts.authenticate(ADMIN, ADMIN_PASSWORD)).id
+
+        def version(response_id: str, status: str) -> StoredResponse:
+            return StoredResponse(response_id, status.encode(), b"[]", b"[]")
+
+        read_only = ReadOnly(services.db)
+        await read_only.set(True)
+        await store.save(admin, version("resp_a", "queued"), created_at=int(time.time()))
+        await store.save(admin, version("resp_a", "completed"), created_at=int(time.time()))
+        assert store.held == 1
+        assert (await store.get(admin, "resp_a")) == version("resp_a", "completed")
+        await read_only.set(False)
+        # Saved at once, both flush: each write goes once, the newest version last.
+        await asyncio.gather(
+            store.save(admin, version("resp_b", "queued"), created_at=int(time.time())),
+            store.save(admin, version("resp_c", "queued"), created_at=int(time.time())),
+        )
+        assert store.held == 0
+        assert (await store.get(admin, "resp_a")) == version("resp_a", "completed")
+        assert (await store.get(admin, "resp_c")) == version("resp_c", "queued")
+        assert await store.delete(admin, "resp_a")
+        assert await store.get(admin, "resp_a") is None

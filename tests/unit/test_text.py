@@ -138,9 +138,12 @@ def test_token_stream_under_a_constraining_grammar_ignores_stops_and_releases_he
     stream.push(b"x}")  # free text: the stop applies
     stream.finish("stop")
     assert events[0] == TextDelta("x", (), 1)
-    grammar.constraining = True
     stream, events = _stream(stops=('"}',), grammar=grammar)
-    stream.push(b'{"a": "')
-    stream.push(b'"}')
+    assert stream.push(b'free "') is None  # the start of a stop sequence is held back
+    assert events == [TextDelta("free ", (), 1)]
+    grammar.constraining = True  # the grammar's opening was written: stops no longer apply
+    assert stream.push(b'{"a": "') is None
+    assert stream.push(b'"}') is None
     stream.finish("stop")
-    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == '{"a": ""}'
+    text = "".join(e.text for e in events if isinstance(e, TextDelta))
+    assert text == 'free "{"a": ""}'

@@ -150,6 +150,28 @@ async def test_a_history_with_calls_and_results_reaches_the_engine(
     assert history[2].name == "get_weather"
 
 
+@pytest.mark.parametrize(
+    ("arguments", "says"),
+    [("not json", "must be a JSON object"), ('{"a": ' + "[" * 100_000, "nest too deeply")],
+)
+async def test_past_call_arguments_that_are_no_json_object_are_a_400(
+    client: AsyncTestClient[Any], arguments: str, says: str
+) -> None:
+    call = {
+        "id": "c",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": arguments},
+    }
+    messages = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c", "content": "sunny"},
+    ]
+    response = await client.post("/v1/chat/completions", json=chat(messages=messages, tools=[TOOL]))
+    assert response.status_code == 400, response.text
+    assert says in response.json()["error"]["message"]
+
+
 async def test_a_json_answer_that_could_not_be_told_from_a_llama3_call_is_refused(
     tmp_path: Path,
 ) -> None:
