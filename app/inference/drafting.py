@@ -27,17 +27,13 @@ from dataclasses import dataclass, field
 NGRAMS = (4, 3, 2)
 """The suffix lengths looked up, longest first: a longer match is a better guess."""
 
-FIRST_RATE = 0.92
-"""The acceptance rate assumed before any draft of a kind was checked: optimistic, so that the
-first drafts are sent and their kind measured. Where a decode of several tokens costs much more
-than one (Qwen2.5-0.5B Q4_K_M on a CPU whose one-token path is fast: two tokens 2.3 times one,
-eight 3.7 times), a first guess of 0.7 never paid for a draft, so none was sent and nothing was
-learnt: drafting / no drafting 1.00 on the grounded prompts, about 1.3 with this one."""
-
 PRIOR_RATE = 0.7
-"""The rate a kind's statistics drift back to while its drafts are not sent (``RELAX``): a
-rate that fell is tried again now and then, but not so eagerly that a full batch of text that
-is not copied keeps paying for refused drafts (an extra decode pass each)."""
+"""The acceptance rate assumed before drafts of a kind were checked. Measured on 2026-11-27: with
+Qwen2.5-0.5B Q4_K_M, whose multi-token decodes cost much more than one on a CPU with a fast
+one-token path (two tokens 2.3 times one), this prior never pays for a draft, so none is sent
+and the grounded workload gains nothing (1.00x); an optimistic first guess (0.92) made it 1.3x,
+but the stream workload at C=8, after the lower levels, fell from 0.96-1.06 of llama-server to
+0.82-0.89 in three runs, so it was taken back."""
 
 MEMORY = 0.9
 """How much of the acceptance statistics each verification keeps (the rest is the new one)."""
@@ -110,7 +106,7 @@ class Acceptance:
     the ones before it were."""
 
     def __init__(self) -> None:
-        self._accepted = [FIRST_RATE] * (LONGEST_MATCH + 1)
+        self._accepted = [PRIOR_RATE] * (LONGEST_MATCH + 1)
         self._tried = [1.0] * (LONGEST_MATCH + 1)
 
     def rate(self, match: int) -> float:
