@@ -13,13 +13,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.accounts.schemas import ApiKeyView, User
 from app.db import Database
+from app.db.failures import FailedWrites
 from app.db.tables import api_keys, users
 from app.errors import DatabaseDown
 
 logger = logging.getLogger(__name__)
 
-# At most one warning per this many seconds while API keys' last use cannot be recorded.
-_TOUCH_FAILURE_LOG_SECONDS = 60.0
 
 _SELECT_USER = sa.select(users)
 
@@ -80,7 +79,9 @@ class AccountStore:
 
     def __init__(self, db: Database) -> None:
         self._db = db
-        self._touch_failure_logged = 0.0
+        self._failed_touches = FailedWrites(
+            logger, "cannot record when API keys were last used: %s", level=logging.WARNING
+        )
 
     async def create_user(self, username: str, password_hash: str, *, is_admin: bool) -> User:
         statement = (
@@ -223,7 +224,4 @@ class AccountStore:
                 sa.update(api_keys).where(api_keys.c.id == key_id).values(last_used_at=when)
             )
         except (DatabaseDown, sa.exc.SQLAlchemyError, OSError) as exc:
-            now = time.monotonic()
-            if now - self._touch_failure_logged >= _TOUCH_FAILURE_LOG_SECONDS:  # not per request
-                self._touch_failure_logged = now
-                logger.warning("cannot record when API keys were last used: %s", exc)
+            self._failed_touches(exc)  # the next request tries again

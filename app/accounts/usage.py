@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import math
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -21,13 +20,11 @@ import msgspec
 import sqlalchemy as sa
 
 from app.db import Database
+from app.db.failures import FailedWrites
 from app.db.tables import usage, users
 from app.errors import DatabaseDown
 
 logger = logging.getLogger(__name__)
-
-# At most one error line per this many seconds while usage cannot be written.
-_FAILURE_LOG_SECONDS = 60.0
 
 
 class DayUsage(msgspec.Struct, kw_only=True):
@@ -84,8 +81,12 @@ class UsageLedger:
         # (user, day) -> [requests, prompt tokens, completion tokens] not yet written.
         self._held: dict[tuple[int, str], list[int]] = {}
         self._writing = asyncio.Lock()
-        self._on_write_failure = on_write_failure
-        self._last_failure_log = -math.inf
+        self._failed_writes = FailedWrites(
+            logger,
+            "cannot write usage to the database (%s); %d user-day rows are held in memory and "
+            "written with the next request's",
+            on_failure=on_write_failure,
+        )
 
     @asynccontextmanager
     async def lifespan(self, _: object) -> AsyncIterator[None]:
@@ -133,7 +134,7 @@ class UsageLedger:
                     held = self._held.setdefault(key, [0, 0, 0, 0])
                     for i, value in enumerate(row):
                         held[i] += value
-                    self._failed(exc)
+                    self._failed_writes(exc, len(self._held))
                     return False
             return True
 
@@ -158,19 +159,6 @@ class UsageLedger:
             index_elements=[usage.c.user_id, usage.c.day],
             set_={name: usage.c[name] + insert.excluded[name] for name in counts},
         )
-
-    def _failed(self, exc: BaseException) -> None:
-        if self._on_write_failure is not None:
-            self._on_write_failure()
-        now = time.monotonic()
-        if now - self._last_failure_log >= _FAILURE_LOG_SECONDS:  # loud, not a flood
-            self._last_failure_log = now
-            logger.error(
-                "cannot write usage to the database (%s); %d user-day rows are held in memory "
-                "and written with the next request's",
-                exc,
-                len(self._held),
-            )
 
     async def tokens_today(self, user_id: int) -> int:
         """Tokens generated and embedded for ``user_id`` today (UTC), held rows included."""

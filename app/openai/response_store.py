@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from app.db import Database
+from app.db.failures import FailedWrites
 from app.db.tables import responses
 from app.errors import DatabaseDown
 
@@ -27,8 +28,6 @@ logger = logging.getLogger(__name__)
 
 # Old rows are looked for at most this often (seconds).
 _PURGE_EVERY = 60.0
-# At most one error line per this many seconds while responses cannot be written.
-_FAILURE_LOG_SECONDS = 60.0
 # Bytes of responses held in memory at most; beyond, the oldest are dropped (and logged).
 _MAX_HELD_BYTES = 64 * 1024 * 1024
 _WRITE_FAILED = (DatabaseDown, sa.exc.SQLAlchemyError, OSError)
@@ -64,8 +63,12 @@ class ResponseStore:
         self._held: dict[str, tuple[int, StoredResponse, int]] = {}  # id: user, it, created_at
         self._held_bytes = 0
         self._writing = asyncio.Lock()  # one flush at a time, in the order of the saves
-        self._on_write_failure = on_write_failure
-        self._last_failure_log = 0.0
+        self._failed_writes = FailedWrites(
+            logger,
+            "cannot write stored responses to the database (%s); %d are held in memory and "
+            "written with the next one",
+            on_failure=on_write_failure,
+        )
 
     @property
     def held(self) -> int:
@@ -91,14 +94,14 @@ class ResponseStore:
                 except sa.exc.IntegrityError:
                     logger.info("dropped a response of user %d, deleted meanwhile", entry[0])
                 except _WRITE_FAILED as exc:
-                    self._failed(exc)
+                    self._failed_writes(exc, len(self._held))
                     return False
                 if self._held.get(response_id) is entry:  # not saved again meanwhile
                     self._release(response_id)
             try:
                 await self._purge()
             except _WRITE_FAILED as exc:
-                self._failed(exc)
+                self._failed_writes(exc, len(self._held))
             return True
 
     def _hold(self, response: tuple[int, StoredResponse, int]) -> None:
@@ -131,19 +134,6 @@ class ResponseStore:
             # An id is only ever rewritten by its own user.
             where=responses.c.user_id == insert.excluded.user_id,
         )
-
-    def _failed(self, exc: BaseException) -> None:
-        if self._on_write_failure is not None:
-            self._on_write_failure()
-        now = time.monotonic()
-        if now - self._last_failure_log >= _FAILURE_LOG_SECONDS:  # loud, not a flood
-            self._last_failure_log = now
-            logger.error(
-                "cannot write stored responses to the database (%s); %d are held in memory "
-                "and written with the next one",
-                exc,
-                len(self._held),
-            )
 
     async def get(self, user_id: int, response_id: str) -> StoredResponse | None:
         """The user's response of this id, if there is one (and it is not past retention)."""

@@ -4,6 +4,7 @@ and the upgrade of files from before Alembic."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import sqlite3
 import stat
@@ -13,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from app.db import Database, DatabaseUnavailable, SchemaTooNew, legacy, migrate
+from app.db.failures import FailedWrites
 from app.db.tables import api_keys, usage, users
 from tests.realservers import PostgresServer
 
@@ -301,3 +303,19 @@ async def test_an_unreachable_server_is_one_sentence() -> None:
     assert "postgresql://app:***@127.0.0.1:9/app" in message
     assert "secret-password" not in message
     assert "\n" not in message
+
+
+def test_failed_writes_are_counted_each_time_and_logged_once_a_minute(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    counted: list[int] = []
+    failures = FailedWrites(
+        logging.getLogger("test.failures"),
+        "cannot write (%s); %d held",
+        on_failure=lambda: counted.append(1),
+    )
+    with caplog.at_level(logging.ERROR, logger="test.failures"):
+        for held in (1, 2, 3):
+            failures(OSError("disk full"), held)
+    assert len(counted) == 3
+    assert [r.getMessage() for r in caplog.records] == ["cannot write (disk full); 1 held"]
