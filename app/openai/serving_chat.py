@@ -109,9 +109,11 @@ class ChatServing(OpenAIServing):
         answer = _answer_schema(request)
 
         async def prepare(engine: Engine) -> tuple[list[list[int]], SamplingParams]:
-            grammar, opening = await asyncio.get_running_loop().run_in_executor(
-                _CONVERTING, _grammar, engine, plan, answer
-            )
+            grammar, opening = None, None
+            if plan.calling or answer is not None:  # a plain chat needs no thread hop
+                grammar, opening = await asyncio.get_running_loop().run_in_executor(
+                    _CONVERTING, _grammar, engine, plan, answer
+                )
             params = request.sampling_params(
                 self._defaults,
                 vocab_size=engine.vocab_size,
@@ -271,8 +273,7 @@ def _grammar(
             after_opening=free_text,
         )
         return grammar, tool_format.opening_regex if free_text else None
-    if answer is None:
-        return None, None
+    assert answer is not None  # the caller asks only when there is something to hold
     if answer.param == "response_format":
         return json_object_grammar(), None
     grammar, _ = json_schema_grammar(answer.schema, strict=answer.strict, param=answer.param)

@@ -14,10 +14,13 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
+import openai
 import uvicorn
 from litestar import Litestar
+from openai.types.chat import ParsedChatCompletion
 
 from app.settings import Settings
 
@@ -223,3 +226,12 @@ def starting(
     assert process.returncode in (0, -signal.SIGTERM), output
     assert "application shut down" in output
     assert "Traceback" not in output, output
+
+
+def streamed_completion(client: openai.OpenAI, **params: Any) -> ParsedChatCompletion[Any]:
+    """A chat completion streamed through the SDK's stream helper, as it assembles it once every
+    event was read."""
+    with client.chat.completions.stream(**params) as events:
+        for _ in events:
+            pass
+        return events.get_final_completion()

@@ -18,7 +18,7 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
-from tests.integration.support import MODEL_ID, RunningServer
+from tests.integration.support import MODEL_ID, RunningServer, streamed_completion
 
 WEATHER: dict[str, Any] = {
     "type": "function",
@@ -90,10 +90,7 @@ def test_a_forced_call_is_always_valid(
         )
         try:
             if stream:
-                with client.chat.completions.stream(**params) as events:
-                    for _ in events:
-                        pass
-                    completion = events.get_final_completion()
+                completion = streamed_completion(client, **params)
             else:
                 completion = client.chat.completions.create(**params)
         except openai.LengthFinishReasonError:
@@ -407,30 +404,26 @@ def test_the_sdks_pydantic_function_tool_parses_the_arguments(client: openai.Ope
     )
     call = completion.choices[0].message.tool_calls[0]
     assert isinstance(call.function.parsed_arguments, GetWeather)
-    with client.chat.completions.stream(
+    final = streamed_completion(
+        client,
         model=MODEL_ID,
         messages=ASK,
         tools=[openai.pydantic_function_tool(GetWeather)],
         tool_choice="required",
         max_tokens=400,  # room for the 8 calls a tiny model may repeat
-    ) as events:
-        for _ in events:
-            pass
-        final = events.get_final_completion()
+    )
     assert isinstance(final.choices[0].message.tool_calls[0].function.parsed_arguments, GetWeather)
 
 
 def test_a_streamed_parse_returns_the_model(client: openai.OpenAI) -> None:
-    with client.chat.completions.stream(
+    completion = streamed_completion(
+        client,
         model=MODEL_ID,
         messages=[{"role": "user", "content": "A short poem about snow, with a title."}],
         response_format=Poem,
         max_tokens=300,
         temperature=0,
-    ) as events:
-        for _ in events:
-            pass
-        completion = events.get_final_completion()
+    )
     assert isinstance(completion.choices[0].message.parsed, Poem)
 
 

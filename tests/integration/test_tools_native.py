@@ -16,7 +16,7 @@ import pytest
 from app.inference.chat_templates import ChatTemplate
 from app.inference.engine import ChatMessage, ToolCall
 from app.inference.tool_formats import HERMES, ToolSpec
-from tests.integration.support import ADMIN_PASSWORD, access_token, serving
+from tests.integration.support import ADMIN_PASSWORD, access_token, serving, streamed_completion
 
 # A Qwen2.5-style template, written for these tests.
 HERMES_TEMPLATE = r"""
@@ -118,10 +118,7 @@ def test_a_forced_call_in_the_native_format_is_valid(
         max_tokens=100,
     )
     if stream:
-        with native.chat.completions.stream(**params) as events:
-            for _ in events:
-                pass
-            completion = events.get_final_completion()
+        completion = streamed_completion(native, **params)
     else:
         completion = native.chat.completions.create(**params)
     reply = completion.choices[0]

@@ -59,43 +59,8 @@ ANNOTATIONS = frozenset(
     }
 )
 TYPES = ("object", "array", "string", "number", "integer", "boolean", "null")
-# The keywords that constrain only values of one type, by that type.
-FAMILIES: dict[str, frozenset[str]] = {
-    "object": frozenset(
-        {
-            "properties",
-            "required",
-            "additionalProperties",
-            "patternProperties",
-            "propertyNames",
-            "minProperties",
-            "maxProperties",
-            "dependentRequired",
-            "dependentSchemas",
-            "dependencies",
-            "unevaluatedProperties",
-        }
-    ),
-    "array": frozenset(
-        {
-            "items",
-            "prefixItems",
-            "additionalItems",
-            "minItems",
-            "maxItems",
-            "uniqueItems",
-            "contains",
-            "minContains",
-            "maxContains",
-            "unevaluatedItems",
-        }
-    ),
-    "string": frozenset({"minLength", "maxLength", "pattern", "format"}),
-    "number": frozenset(
-        {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"}
-    ),
-}
 ANY_UNSUPPORTED = ("not", "if", "$dynamicRef", "$recursiveRef")
+# The keywords of objects and arrays that a grammar cannot enforce, in the order they are named.
 OBJECT_UNSUPPORTED = (
     "patternProperties",
     "propertyNames",
@@ -108,6 +73,15 @@ OBJECT_UNSUPPORTED = (
 )
 ARRAY_UNSUPPORTED = ("uniqueItems", "contains", "minContains", "maxContains", "unevaluatedItems")
 NUMBER_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
+# The keywords that constrain only values of one type, by that type.
+FAMILIES: dict[str, frozenset[str]] = {
+    "object": frozenset({"properties", "required", "additionalProperties", *OBJECT_UNSUPPORTED}),
+    "array": frozenset(
+        {"items", "prefixItems", "additionalItems", "minItems", "maxItems", *ARRAY_UNSUPPORTED}
+    ),
+    "string": frozenset({"minLength", "maxLength", "pattern", "format"}),
+    "number": frozenset(NUMBER_BOUNDS),
+}
 ARTICLES = {
     "object": "an object",
     "array": "an array",
