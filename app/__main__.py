@@ -190,23 +190,25 @@ async def serve(settings: Settings) -> int:
 
     late: list[int] = []
     handlers: dict[int, Any] = {}
-    with _first_error():
-        async with app.lifespan():
-            logger.info("application started")
-            watcher = asyncio.create_task(stop_if_model_fails())
-            try:
-                await server.serve()
-            finally:
-                watcher.cancel()
-                # uvicorn has put the default handlers back: a second SIGTERM while the
-                # lifespan shuts down (draining engines, writing held usage) would end the
-                # process midway. It is noted instead.
-                for sig in _SHUTDOWN:
-                    handlers[sig] = signal.signal(sig, lambda sig, _: late.append(sig))
+    try:
+        with _first_error():
+            async with app.lifespan():
+                logger.info("application started")
+                watcher = asyncio.create_task(stop_if_model_fails())
+                try:
+                    await server.serve()
+                finally:
+                    watcher.cancel()
+                    # uvicorn has put the default handlers back: a second SIGTERM while the
+                    # lifespan shuts down (draining engines, writing held usage) would end the
+                    # process midway. It is noted instead.
+                    for sig in _SHUTDOWN:
+                        handlers[sig] = signal.signal(sig, lambda sig, _: late.append(sig))
+    finally:  # also when the lifespan failed: a later signal must not be swallowed
+        for caught, handler in handlers.items():
+            signal.signal(caught, handler)
     logger.info("application shut down")
     # Supervisors see how the process ended (each signal once).
-    for caught, handler in handlers.items():
-        signal.signal(caught, handler)
     for sig in reversed(dict.fromkeys((*server.deferred_signals, *late))):
         signal.raise_signal(sig)
     return 1 if host.state is ModelState.FAILED else 0

@@ -14,7 +14,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -62,6 +62,17 @@ def _down(error: BaseException) -> DatabaseDown:
         _last_outage_log = now
         logger.error("the database does not answer: %s", _reason(error))
     return DatabaseDown()
+
+
+@contextlib.contextmanager
+def _outages() -> Iterator[None]:
+    """Raises ``DatabaseDown`` (a 503) for an error that means the database is unreachable."""
+    try:
+        yield
+    except Exception as exc:
+        if is_outage(exc):
+            raise _down(exc) from exc
+        raise
 
 
 class SchemaTooNew(Exception):
@@ -255,37 +266,25 @@ class Database:
 
         Raises ``DatabaseDown`` (a 503) when the database does not answer; nothing is written.
         """
-        try:
+        with _outages():
             async with self.engine.connect() as connection:
                 if exclusive:
                     await connection.execution_options(sqlite_begin="IMMEDIATE")
                 async with connection.begin():
                     yield connection
-        except Exception as exc:
-            if is_outage(exc):
-                raise _down(exc) from exc
-            raise
 
     @contextlib.asynccontextmanager
     async def _reading(self) -> AsyncIterator[AsyncConnection]:
-        try:
+        with _outages():
             async with self.engine.connect() as connection:
                 yield connection
-        except Exception as exc:
-            if is_outage(exc):
-                raise _down(exc) from exc
-            raise
 
     async def _read(self, statement: sa.Executable, rows: Callable[[sa.Result[Any]], _R]) -> _R:
         """``rows(result)`` of one query: on SQLite directly (one thread hop, see
         ``SQLiteDirect``), on a server through the pool's async driver."""
         if self._direct is not None:
-            try:
+            with _outages():
                 return await self._direct.read(statement, rows)
-            except Exception as exc:
-                if is_outage(exc):
-                    raise _down(exc) from exc
-                raise
         async with self._reading() as connection:
             return rows(await connection.execute(statement))
 
@@ -304,12 +303,8 @@ class Database:
     async def execute(self, statement: sa.Executable) -> int:
         """Runs one statement, committed on return; the number of rows it changed."""
         if self._direct is not None:
-            try:
+            with _outages():
                 return await self._direct.write(statement)
-            except Exception as exc:
-                if is_outage(exc):
-                    raise _down(exc) from exc
-                raise
         async with self.transaction() as connection:
             result = await connection.execute(statement)
             return int(result.rowcount)

@@ -155,7 +155,7 @@ class Drafter:
                 tokens, match = lookup.propose(left)
                 if tokens:
                     found.append((i, tokens, match))
-        drafts: list[tuple[list[int], int]] = [([], 0)] * len(sequences)
+        drafts: list[tuple[list[int], int]] = [([], 0) for _ in sequences]
         if not found:
             return drafts
         rates = [(tokens, self._acceptance.rate(match)) for _, tokens, match in found]

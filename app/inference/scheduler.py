@@ -102,12 +102,13 @@ class Scheduler:
 
     def stats(self) -> EngineStats:
         """Slots in use and requests waiting; without the lock, so it never waits."""
+        drafted, accepted = self._drafter.counts  # one read: kept never above drafted
         return EngineStats(
             slots=len(self._slots),
             busy=self._busy_slots,
             waiting=len(self._waiting),
-            drafted=self._drafter.counts[0],
-            accepted=self._drafter.counts[1],
+            drafted=drafted,
+            accepted=accepted,
         )
 
     def submit(self, request: Request) -> None:
@@ -251,7 +252,6 @@ class Scheduler:
             cached_tokens=keep,
             grammar=slot.picker,
         )
-        slot.draft = []
         slot.lookup = self._drafter.lookup(request.prompt)
 
     def _step(self) -> None:

@@ -35,9 +35,14 @@ async def test_a_new_sqlite_database_gets_the_current_schema_and_safe_settings(
     await db.open()
     try:
         assert await db.scalar(sa.text("PRAGMA journal_mode")) == "wal"
-        async with db.transaction() as writing:  # what every write runs with
+        async with db.transaction() as writing:  # what transactions run with
             assert await writing.scalar(sa.text("PRAGMA foreign_keys")) == 1
             assert await writing.scalar(sa.text("PRAGMA synchronous")) == 2  # FULL
+        # Lone writes (Database.execute) go through the direct writer: the same durability.
+        assert db._direct is not None
+        with db._direct.writes.connect() as direct:
+            assert direct.scalar(sa.text("PRAGMA foreign_keys")) == 1
+            assert direct.scalar(sa.text("PRAGMA synchronous")) == 2
         # Lone reads go through a connection of their own, which cannot write.
         assert await db.scalar(sa.text("PRAGMA query_only")) == 1
         assert await migrate.current(db) == migrate.head()
