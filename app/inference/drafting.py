@@ -87,7 +87,7 @@ class PromptLookup:
                     and tokens[end - match - 1] == tokens[-match - 1]
                 ):
                     match += 1
-                return tokens[end : end + room], match
+                return _continued(tokens, end, room), match
         return [], 0
 
     def _index(self, upto: int) -> None:
@@ -98,6 +98,18 @@ class PromptLookup:
                 if stop >= n:
                     ends[tuple(tokens[stop - n : stop])] = stop
         self._indexed = max(self._indexed, upto)
+
+
+def _continued(tokens: list[int], end: int, room: int) -> list[int]:
+    """``room`` tokens that follow ``tokens[:end]``'s ending as it went on there: when that
+    runs into the sequence's own end, the sequence is repeating itself with a period of
+    ``len(tokens) - end`` tokens (a list, a refrain, a model caught in a loop), and the draft
+    goes on repeating it rather than stopping short."""
+    draft = tokens[end : end + room]
+    period = len(tokens) - end
+    while len(draft) < room:
+        draft.append(draft[len(draft) - period])
+    return draft
 
 
 class Acceptance:

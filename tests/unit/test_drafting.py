@@ -54,8 +54,8 @@ def test_no_draft_without_an_earlier_occurrence() -> None:
     assert lookup.propose(room=8) == ([], 0)
     lookup.append(2)  # "4 2" never occurred before; a single token is no match
     assert lookup.propose(room=8) == ([], 0)
-    lookup.append(3)  # "2 3" did: what followed it
-    assert lookup.propose(room=8) == ([4, 2, 3], 2)
+    lookup.append(3)  # "2 3" did: what followed it, and on as it repeats
+    assert lookup.propose(room=8) == ([4, 2, 3, 4, 2, 3, 4, 2], 2)
     assert PromptLookup.of([1, 2, 1, 2], limit=0).propose(room=8) == ([], 0)
 
 
@@ -63,7 +63,18 @@ def test_generated_tokens_are_indexed_as_they_come() -> None:
     lookup = PromptLookup.of([5, 6], limit=8)
     for token in (7, 8, 9, 5, 6, 7):
         lookup.append(token)
-    assert lookup.propose(room=8)[0] == [8, 9, 5, 6, 7]
+    assert lookup.propose(room=5)[0] == [8, 9, 5, 6, 7]
+
+
+def test_a_sequence_repeating_itself_drafts_the_repetition_past_its_end() -> None:
+    # A model caught in a loop ("Tom, Joe, Tom, Joe, ..."): the latest earlier occurrence of
+    # the suffix is one period back, so what followed it runs into the sequence's own end.
+    lookup = PromptLookup.of([1, 9, 7, 4, 9, 7, 4, 9, 7], limit=8)
+    tokens, match = lookup.propose(room=8)
+    assert tokens == [4, 9, 7, 4, 9, 7, 4, 9]
+    assert match == 5
+    assert lookup.propose(room=2)[0] == [4, 9]
+    assert PromptLookup.of([3, 5, 5, 5], limit=4).propose(room=8)[0] == [5, 5, 5, 5]
 
 
 def test_a_long_match_counts_as_copying_up_to_a_limit() -> None:
