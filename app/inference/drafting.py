@@ -28,12 +28,17 @@ NGRAMS = (4, 3, 2)
 """The suffix lengths looked up, longest first: a longer match is a better guess."""
 
 PRIOR_RATE = 0.7
-"""The acceptance rate assumed before drafts of a kind were checked. Measured on 2026-11-27: with
-Qwen2.5-0.5B Q4_K_M, whose multi-token decodes cost much more than one on a CPU with a fast
-one-token path (two tokens 2.3 times one), this prior never pays for a draft, so none is sent
-and the grounded workload gains nothing (1.00x); an optimistic first guess (0.92) made it 1.3x,
-but the stream workload at C=8, after the lower levels, fell from 0.96-1.06 of llama-server to
-0.82-0.89 in three runs, so it was taken back."""
+"""The acceptance rate assumed, in a step of several sequences, for drafts of a kind not yet
+checked. Measured on 2026-11-27: an optimistic first guess (0.92) everywhere cost the stream
+workload at C=8, after the lower levels, 0.82-0.89 of llama-server against 0.96-1.06: a few
+sequences drafting long made the steps that new requests wait behind long."""
+
+LONE_PRIOR_RATE = 0.85
+"""The same, for a sequence decoding alone. With Qwen2.5-0.5B Q4_K_M, whose multi-token decodes
+cost much more than one on a CPU with a fast one-token path (two tokens 2.3 times one), the
+cautious prior never pays for a draft, so none is sent and nothing is learnt (1.00x on the
+grounded workload, 1.3x with an optimistic one); a lone sequence holds up no batch, so there the
+first guess is optimistic."""
 
 MEMORY = 0.9
 """How much of the acceptance statistics each verification keeps (the rest is the new one)."""
@@ -115,26 +120,31 @@ def _continued(tokens: list[int], end: int, room: int) -> list[int]:
 class Acceptance:
     """How often drafted tokens were accepted, by the length of the match they came from,
     over the engine's recent drafts: the chance that a drafted token is accepted, given that
-    the ones before it were."""
+    the ones before it were. Until drafts of a kind were checked, that is a prior (a first
+    guess, given by the caller), which weighs less with every check."""
 
     def __init__(self) -> None:
-        self._accepted = [PRIOR_RATE] * (LONGEST_MATCH + 1)
-        self._tried = [1.0] * (LONGEST_MATCH + 1)
+        self._accepted = [0.0] * (LONGEST_MATCH + 1)
+        self._tried = [0.0] * (LONGEST_MATCH + 1)
+        self._prior = [1.0] * (LONGEST_MATCH + 1)  # the prior's weight, in tokens tried
 
-    def rate(self, match: int) -> float:
-        return self._accepted[match] / self._tried[match]
+    def rate(self, match: int, prior: float) -> float:
+        weight = self._prior[match]
+        return (self._accepted[match] + prior * weight) / (self._tried[match] + weight)
 
     def checked(self, match: int, accepted: int, *, refused: bool) -> None:
         """``accepted`` tokens of a draft from a match this long were kept, and then one was
         ``refused`` (or not: the draft was kept whole, or the text ended within it)."""
-        tried = accepted + refused
         self._accepted[match] = MEMORY * self._accepted[match] + accepted
-        self._tried[match] = MEMORY * self._tried[match] + tried
+        self._tried[match] = MEMORY * self._tried[match] + accepted + refused
+        self._prior[match] *= MEMORY
 
     def skipped(self, match: int) -> None:
-        """A draft from a match this long was not sent."""
-        rate = self.rate(match)
-        self._accepted[match] += RELAX * (PRIOR_RATE - rate) * self._tried[match]
+        """A draft from a match this long was not sent: the rate moves ``RELAX`` of the way
+        back to the prior (the prior's share of the weight grows by that much)."""
+        tried = self._tried[match]
+        relaxed = (self._prior[match] + RELAX * tried) / (1 - RELAX)
+        self._prior[match] = min(relaxed, max(1.0, tried / RELAX))
 
 
 class Drafter:
@@ -170,7 +180,8 @@ class Drafter:
         drafts: list[tuple[list[int], int]] = [([], 0) for _ in sequences]
         if not found:
             return drafts
-        rates = [(tokens, self._acceptance.rate(match)) for _, tokens, match in found]
+        prior = LONE_PRIOR_RATE if len(sequences) == 1 else PRIOR_RATE
+        rates = [(tokens, self._acceptance.rate(match, prior)) for _, tokens, match in found]
         taken = plan(len(sequences), rates, self.costs, room=room)
         for (i, tokens, match), count in zip(found, taken, strict=True):
             if count:

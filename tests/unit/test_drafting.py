@@ -87,17 +87,42 @@ def test_a_long_match_counts_as_copying_up_to_a_limit() -> None:
 
 def test_acceptance_learns_per_match_length_and_recovers() -> None:
     acceptance = Acceptance()
+    assert acceptance.rate(2, 0.7) == 0.7  # nothing checked yet: the prior
     for _ in range(20):
         acceptance.checked(16, 8, refused=False)
         acceptance.checked(2, 0, refused=True)
         acceptance.checked(3, 2, refused=False)  # the text ended within the draft
-    assert acceptance.rate(16) > 0.95
-    assert acceptance.rate(2) < 0.1
-    assert acceptance.rate(3) > 0.95
-    low = acceptance.rate(2)
+    for prior in (0.7, 0.9):  # once checked, the prior hardly counts
+        assert acceptance.rate(16, prior) > 0.95
+        assert acceptance.rate(2, prior) < 0.1
+        assert acceptance.rate(3, prior) > 0.95
+    low = acceptance.rate(2, 0.7)
+    acceptance.skipped(2)
+    assert acceptance.rate(2, 0.7) == pytest.approx(low + 0.02 * (0.7 - low))  # RELAX of the way
     for _ in range(100):
         acceptance.skipped(2)  # never sent again: it drifts back towards trying
-    assert acceptance.rate(2) > low + 0.3
+    assert acceptance.rate(2, 0.7) > low + 0.3
+    assert acceptance.rate(2, 0.9) > acceptance.rate(2, 0.7)
+    relaxed = acceptance.rate(2, 0.7)
+    acceptance.checked(2, 0, refused=True)  # and learns again as soon as it is checked
+    assert acceptance.rate(2, 0.7) < relaxed
+
+
+def test_a_lone_sequence_starts_from_an_optimistic_guess_a_batch_from_a_cautious_one() -> None:
+    # Costs as on a CPU where two tokens cost 2.3 times one and four 2.9 times (a K-quant with
+    # a fast one-token path): only an optimistic first guess ever tries a draft, and a lone
+    # sequence holds up no batch with it.
+    costs = StepCosts()
+    for size, ms in {1: 18.4, 2: 43.2, 3: 59.0, 4: 52.7, 5: 70.2}.items():
+        costs.observe(1, size, ms / 1000)
+    costs.observe(2, 2, 0.030)
+    drafter = Drafter(limit=4)
+    drafter.costs = costs
+    copying = PromptLookup.of([*range(10, 30), *range(10, 20)], limit=4)
+    ((draft, _),) = drafter.drafts([(copying, 100)], room=64)
+    assert draft == [20, 21, 22]
+    other = PromptLookup.of([*range(10, 30), *range(10, 20)], limit=4)
+    assert drafter.drafts([(copying, 100), (other, 100)], room=64) == [([], 0), ([], 0)]
 
 
 def test_a_lone_stream_drafts_long_when_drafts_are_accepted() -> None:
