@@ -179,3 +179,26 @@ async def test_a_lazy_grammar_starts_cleanly_when_a_token_runs_past_the_opening(
     (call,) = json.loads("".join(deltas))["tool_calls"]
     assert call["name"] == "get_weather"
     assert isinstance(call["arguments"]["city"], str)
+
+
+async def test_short_inputs_are_tokenized_without_a_thread_hop(engine: LlamaEngine) -> None:
+    """A thread hop costs more than tokenizing a short prompt on a machine whose cores decode;
+    long inputs still go to the preparation threads, off the event loop."""
+    hops = []
+    submit = engine._prep.submit
+
+    def counted(*args: object, **kwargs: object) -> object:
+        hops.append(args[0])
+        return submit(*args, **kwargs)  # type: ignore[arg-type]
+
+    engine._prep.submit = counted  # type: ignore[method-assign,assignment]
+    short = await engine.tokenize("The capital of France is")
+    chat = await engine.tokenize_chat([ChatMessage(role="user", content="Hello there")])
+    assert short
+    assert chat
+    assert not hops
+    long_text = "The capital of France is Paris. " * 100
+    long = await engine.tokenize(long_text)
+    await engine.tokenize_chat([ChatMessage(role="user", content=long_text)])
+    assert len(hops) == 2
+    assert long[: len(short)] == short
