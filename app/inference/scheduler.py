@@ -165,6 +165,11 @@ class Scheduler:
                     self._lock.wait()
                 if self._stopping:
                     break
+                # Slots whose client left are freed first: a request waiting for one gets it
+                # in this step, not the next.
+                for slot in self._slots:
+                    if slot.request is not None and slot.request.cancelled.is_set():
+                        self._release(slot, keep_cache=True)
                 self._admit()
             try:
                 self._step()
@@ -273,9 +278,6 @@ class Scheduler:
             if sample:
                 to_sample.append((slot, i))
 
-        for slot in self._slots:
-            if slot.request is not None and slot.request.cancelled.is_set():
-                self._release(slot, keep_cache=True)
         if keep_consecutive(self._slots, self._memory):
             with self._lock:  # stats() and submit() read the list from other threads
                 self._slots.sort(key=lambda slot: slot.seq)
