@@ -188,9 +188,7 @@ async def serve(settings: Settings) -> int:
             logger.error("stopping: the model is not available")
             server.should_exit = True
 
-    late: list[int] = []
-    handlers: dict[int, Any] = {}
-    try:
+    with server.deferring_signals():
         with _first_error():
             async with app.lifespan():
                 logger.info("application started")
@@ -199,18 +197,7 @@ async def serve(settings: Settings) -> int:
                     await server.serve()
                 finally:
                     watcher.cancel()
-                    # uvicorn has put the default handlers back: a second SIGTERM while the
-                    # lifespan shuts down (draining engines, writing held usage) would end the
-                    # process midway. It is noted instead.
-                    for sig in _SHUTDOWN:
-                        handlers[sig] = signal.signal(sig, lambda sig, _: late.append(sig))
-    finally:  # also when the lifespan failed: a later signal must not be swallowed
-        for caught, handler in handlers.items():
-            signal.signal(caught, handler)
-    logger.info("application shut down")
-    # Supervisors see how the process ended (each signal once).
-    for sig in reversed(dict.fromkeys((*server.deferred_signals, *late))):
-        signal.raise_signal(sig)
+        logger.info("application shut down")
     return 1 if host.state is ModelState.FAILED else 0
 
 
@@ -230,25 +217,46 @@ def _first_error() -> Iterator[None]:
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server, telling the app as soon as a shutdown signal arrives."""
+    """uvicorn's server, telling the app as soon as a shutdown signal arrives, and holding the
+    shutdown signals back until the app has shut down (``deferring_signals``)."""
 
     def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
         super().__init__(config)
         self._on_exit = on_exit
-
-    deferred_signals: tuple[int, ...] = ()
+        self._deferred: list[int] = []
+        self._handlers: dict[int, Any] = {}
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         # uvicorn re-raises a shutdown signal as soon as it stops serving, which would end the
-        # process before the app's lifespan (draining engines, writing held usage) finishes;
-        # serve() raises it after that instead.
-        with super().capture_signals():
-            try:
-                yield
-            finally:
-                self.deferred_signals = tuple(self._captured_signals)
-                self._captured_signals.clear()
+        # process before the app's lifespan (draining engines, writing held usage) finishes.
+        try:
+            with super().capture_signals():
+                try:
+                    yield
+                finally:
+                    self._deferred.extend(self._captured_signals)
+                    self._captured_signals.clear()
+        finally:
+            # uvicorn has put the previous handlers back: a second SIGTERM while the lifespan
+            # shuts down would end the process midway. It is noted instead.
+            for sig in _SHUTDOWN:
+                handler = signal.signal(sig, lambda sig, _: self._deferred.append(sig))
+                self._handlers.setdefault(sig, handler)
+
+    @contextlib.contextmanager
+    def deferring_signals(self) -> Iterator[None]:
+        """Around the app's whole life: the shutdown signals received while serving and while
+        shutting down are raised once it ends (each once), so that supervisors see how the
+        process ended; the previous handlers are back however it ends."""
+        try:
+            yield
+        finally:
+            for sig, handler in self._handlers.items():
+                signal.signal(sig, handler)
+            self._handlers.clear()
+        for sig in reversed(dict.fromkeys(self._deferred)):
+            signal.raise_signal(sig)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # From here on /health answers 503 and new generations are refused, while uvicorn
