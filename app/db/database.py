@@ -216,16 +216,13 @@ class Database:
             # The driver's own transaction handling is off; SQLAlchemy's BEGIN (below) makes
             # each transaction, DDL included, all-or-nothing.
             dbapi_connection.isolation_level = None
+            _sqlite_settings(dbapi_connection, writes=True)
             cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA busy_timeout = 5000")
             # Switched once, by the first connection (under the migration lock); asking again
             # while other connections are open could fail at once with "database is locked".
             cursor.execute("PRAGMA journal_mode")
             if cursor.fetchone()[0] != "wal":
                 cursor.execute("PRAGMA journal_mode = WAL")
-            cursor.execute("PRAGMA foreign_keys = ON")
-            # FULL: a committed row survives power loss too, not only a crash.
-            cursor.execute("PRAGMA synchronous = FULL")
             cursor.close()
 
         @sa.event.listens_for(engine.sync_engine, "begin")
@@ -348,14 +345,16 @@ class SQLiteDirect:
     thread; under load, when the decode threads keep every core busy, an API key's check took
     10-15 ms of a request's time to first token, and the usage rows written as streams end
     delayed the requests starting beside them by as much again. A lone SELECT needs no
-    transaction: it reads the last committed state (WAL), as it did."""
+    transaction: it reads the last committed state (WAL), as it did. A write runs in the
+    transaction the driver begins before a data-changing statement, committed after it: one
+    statement, all or nothing."""
 
     def __init__(self, url: URL) -> None:
         url = url.set(drivername="sqlite")
         self.reads = sa.create_engine(url, hide_parameters=True)
-        sa.event.listen(self.reads, "connect", _reader_pragmas)
+        sa.event.listen(self.reads, "connect", lambda c, _: _sqlite_settings(c, writes=False))
         self.writes = sa.create_engine(url, hide_parameters=True, pool_size=1, max_overflow=0)
-        sa.event.listen(self.writes, "connect", _writer_pragmas)
+        sa.event.listen(self.writes, "connect", lambda c, _: _sqlite_settings(c, writes=True))
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sqlite-read")
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-write")
 
@@ -383,17 +382,15 @@ class SQLiteDirect:
         self.writes.dispose()
 
 
-def _reader_pragmas(dbapi_connection: Any, _: object) -> None:
+def _sqlite_settings(dbapi_connection: Any, *, writes: bool) -> None:
+    """What every connection to the SQLite file is set to: it waits up to 5 s for a lock; one
+    that writes enforces foreign keys and syncs each commit (FULL: a committed row survives
+    power loss too, not only a crash); one that only reads cannot write (``query_only``)."""
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA busy_timeout = 5000")
-    cursor.execute("PRAGMA foreign_keys = ON")  # as on every connection
-    cursor.execute("PRAGMA query_only = ON")  # it only ever reads
-    cursor.close()
-
-
-def _writer_pragmas(dbapi_connection: Any, _: object) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA busy_timeout = 5000")
-    cursor.execute("PRAGMA foreign_keys = ON")
-    cursor.execute("PRAGMA synchronous = FULL")  # as the async engine's connections
+    if writes:
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute("PRAGMA synchronous = FULL")
+    else:
+        cursor.execute("PRAGMA query_only = ON")
     cursor.close()

@@ -107,9 +107,9 @@ class PromptLookup:
 
 def _continued(tokens: list[int], end: int, room: int) -> list[int]:
     """``room`` tokens that follow ``tokens[:end]``'s ending as it went on there: when that
-    runs into the sequence's own end, the sequence is repeating itself with a period of
-    ``len(tokens) - end`` tokens (a list, a refrain, a model caught in a loop), and the draft
-    goes on repeating it rather than stopping short."""
+    runs into the sequence's own end, the draft goes on as if the sequence repeated itself
+    with a period of ``len(tokens) - end`` tokens (a list, a refrain, a model caught in a loop)
+    rather than stopping short."""
     draft = tokens[end : end + room]
     period = len(tokens) - end
     while len(draft) < room:
@@ -121,7 +121,8 @@ class Acceptance:
     """How often drafted tokens were accepted, by the length of the match they came from,
     over the engine's recent drafts: the chance that a drafted token is accepted, given that
     the ones before it were. Until drafts of a kind were checked, that is a prior (a first
-    guess, given by the caller), which weighs less with every check."""
+    guess, given by the caller), which weighs less with every check and more with every draft
+    of the kind not sent."""
 
     def __init__(self) -> None:
         self._accepted = [0.0] * (LONGEST_MATCH + 1)
@@ -141,10 +142,12 @@ class Acceptance:
 
     def skipped(self, match: int) -> None:
         """A draft from a match this long was not sent: the rate moves ``RELAX`` of the way
-        back to the prior (the prior's share of the weight grows by that much)."""
+        back to the prior (the prior takes that share of the statistics' weight, which stays
+        what it was, so a draft sent again after many skips learns from a refusal as fast)."""
         tried = self._tried[match]
-        relaxed = (self._prior[match] + RELAX * tried) / (1 - RELAX)
-        self._prior[match] = min(relaxed, max(1.0, tried / RELAX))
+        self._accepted[match] *= 1 - RELAX
+        self._tried[match] *= 1 - RELAX
+        self._prior[match] += RELAX * tried
 
 
 class Drafter:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -181,9 +182,12 @@ async def test_a_lazy_grammar_starts_cleanly_when_a_token_runs_past_the_opening(
     assert isinstance(call["arguments"]["city"], str)
 
 
-async def test_short_inputs_are_tokenized_without_a_thread_hop(engine: LlamaEngine) -> None:
+async def test_short_inputs_are_tokenized_without_a_thread_hop(
+    engine: LlamaEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A thread hop costs more than tokenizing a short prompt on a machine whose cores decode;
-    long inputs still go to the preparation threads, off the event loop."""
+    long inputs, and what one turn of the event loop has no room left for, still go to the
+    preparation threads."""
     hops = []
     submit = engine._prep.submit
 
@@ -191,7 +195,7 @@ async def test_short_inputs_are_tokenized_without_a_thread_hop(engine: LlamaEngi
         hops.append(args[0])
         return submit(*args, **kwargs)  # type: ignore[arg-type]
 
-    engine._prep.submit = counted  # type: ignore[method-assign,assignment]
+    monkeypatch.setattr(engine._prep, "submit", counted)
     short = await engine.tokenize("The capital of France is")
     chat = await engine.tokenize_chat([ChatMessage(role="user", content="Hello there")])
     assert short
@@ -200,5 +204,11 @@ async def test_short_inputs_are_tokenized_without_a_thread_hop(engine: LlamaEngi
     long_text = "The capital of France is Paris. " * 100
     long = await engine.tokenize(long_text)
     await engine.tokenize_chat([ChatMessage(role="user", content=long_text)])
-    assert len(hops) == 2
+    # An assistant turn to continue counts too (Anthropic's prefill).
+    hello = [ChatMessage(role="user", content="Hello")]
+    await engine.tokenize_chat(hello, prefill=long_text)
+    assert len(hops) == 3
     assert long[: len(short)] == short
+    # Sixty-four prompts of 600 characters in one request: one fits the turn, the rest hop.
+    await asyncio.gather(*(engine.tokenize(long_text[:600]) for _ in range(64)))
+    assert len(hops) == 3 + 63

@@ -154,7 +154,8 @@ async def test_a_migration_that_rebuilds_users_keeps_the_rows_that_reference_it(
     await db.open()
     try:
         assert await db.scalar(sa.select(sa.func.count()).select_from(api_keys)) == 1
-        assert await db.scalar(sa.text("PRAGMA foreign_keys")) == 1  # on again afterwards
+        async with db.transaction() as writing:  # on again afterwards
+            assert await writing.scalar(sa.text("PRAGMA foreign_keys")) == 1
         with pytest.raises(sa.exc.IntegrityError):  # still unique regardless of case
             await db.execute(new_user("A").values(subject="other"))
     finally:
@@ -238,7 +239,8 @@ async def test_a_schema_2_file_upgrades_with_ids_never_reused_and_its_rows_kept(
         # Rebuilding the users table must not cascade into the rows that reference it.
         assert await db.scalar(sa.select(sa.func.count()).select_from(api_keys)) == 1
         assert await db.scalar(sa.select(usage.c.requests)) == 3
-        assert await db.scalar(sa.text("PRAGMA foreign_keys")) == 1
+        async with db.transaction() as writing:
+            assert await writing.scalar(sa.text("PRAGMA foreign_keys")) == 1
         await db.execute(sa.delete(users).where(users.c.id == 2))
         row = await db.execute_returning(new_user("c").returning(users.c.id))
         assert row["id"] == 3, "a deleted account's id is never handed out again"

@@ -9,7 +9,7 @@ from typing import Any
 import llama_cpp
 import pytest
 
-from app.inference import llama_engine
+from app.inference import drafting, llama_engine
 from app.inference.drafting import (
     LONGEST_MATCH,
     Acceptance,
@@ -63,7 +63,7 @@ def test_generated_tokens_are_indexed_as_they_come() -> None:
     lookup = PromptLookup.of([5, 6], limit=8)
     for token in (7, 8, 9, 5, 6, 7):
         lookup.append(token)
-    assert lookup.propose(room=5)[0] == [8, 9, 5, 6, 7]
+    assert lookup.propose(room=5)[0] == [8, 9, 5, 6, 7]  # further on, it repeats (below)
 
 
 def test_a_sequence_repeating_itself_drafts_the_repetition_past_its_end() -> None:
@@ -108,21 +108,41 @@ def test_acceptance_learns_per_match_length_and_recovers() -> None:
     assert acceptance.rate(2, 0.7) < relaxed
 
 
-def test_a_lone_sequence_starts_from_an_optimistic_guess_a_batch_from_a_cautious_one() -> None:
+def test_a_kind_long_not_sent_learns_from_refusals_as_fast_as_before() -> None:
+    acceptance = Acceptance()
+    for _ in range(20):
+        acceptance.checked(2, 0, refused=True)
+    for _ in range(250):
+        acceptance.skipped(2)
+    assert acceptance.rate(2, 0.85) > 0.8  # back near the prior: worth a try again
+    for _ in range(10):
+        acceptance.checked(2, 0, refused=True)
+    assert acceptance.rate(2, 0.85) < 0.35  # ten refusals are as telling as they were
+
+
+def test_a_lone_sequence_starts_from_an_optimistic_guess_a_batch_from_a_cautious_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # Costs as on a CPU where two tokens cost 2.3 times one and four 2.9 times (a K-quant with
     # a fast one-token path): only an optimistic first guess ever tries a draft, and a lone
     # sequence holds up no batch with it.
     costs = StepCosts()
     for size, ms in {1: 18.4, 2: 43.2, 3: 59.0, 4: 52.7, 5: 70.2}.items():
         costs.observe(1, size, ms / 1000)
+    # Two sequences: a step of 5 tokens pays at a rate of 0.85, not at 0.7.
     costs.observe(2, 2, 0.030)
-    drafter = Drafter(limit=4)
-    drafter.costs = costs
-    copying = PromptLookup.of([*range(10, 30), *range(10, 20)], limit=4)
-    ((draft, _),) = drafter.drafts([(copying, 100)], room=64)
-    assert draft == [20, 21, 22]
-    other = PromptLookup.of([*range(10, 30), *range(10, 20)], limit=4)
-    assert drafter.drafts([(copying, 100), (other, 100)], room=64) == [([], 0), ([], 0)]
+    costs.observe(2, 5, 0.060)
+
+    def drafts(sequences: int) -> list[list[int]]:
+        drafter = Drafter(limit=4)
+        drafter.costs = costs
+        lookups = [PromptLookup.of([*range(10, 30), *range(10, 20)], limit=4)] * sequences
+        return [draft for draft, _ in drafter.drafts([(x, 100) for x in lookups], room=64)]
+
+    assert drafts(1) == [[20, 21, 22]]
+    assert drafts(2) == [[], []]
+    monkeypatch.setattr(drafting, "PRIOR_RATE", drafting.LONE_PRIOR_RATE)
+    assert drafts(2) != [[], []]  # the batch's own, cautious guess kept it from drafting
 
 
 def test_a_lone_stream_drafts_long_when_drafts_are_accepted() -> None:
