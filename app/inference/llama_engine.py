@@ -129,9 +129,10 @@ class LlamaEngine:
         """Runs ``work(*args, cancelled)`` on the preparation threads; if the caller is
         cancelled (its client left), ``cancelled`` is set so the work can stop early.
 
-        Work on at most ``INLINE_CHARS`` characters of input (``size``) runs here instead: a
-        fraction of a millisecond, less than the hop to a thread costs on a machine whose cores
-        are decoding (the first token of every short request waited for it)."""
+        Work on ``size`` characters of input that fit what is left of this turn of the event
+        loop's ``INLINE_CHARS`` runs here instead: a fraction of a millisecond, less than the hop
+        to a thread costs on a machine whose cores are decoding (the first token of every short
+        request waited for it). ``size`` None: always on the threads."""
         cancelled = threading.Event()
         if size is not None and self._may_inline(size):
             return work(*args, cancelled)
