@@ -40,11 +40,14 @@ class Output:
 async def reply_output(turn: Turn) -> Output:
     reply = await turn.reply()
     assert reply.end is not None
+    cut = reply.end.reason == "length"
     items: list[OutputItem] = []
-    if reply.text:
+    if reply.text or not reply.calls:  # a reply of no text and no call is an empty message
         items.append(
             OutputMessage(
-                id=item_id("msg"), status="completed", content=[OutputText(text=reply.text)]
+                id=item_id("msg"),
+                status="incomplete" if cut else "completed",
+                content=[OutputText(text=reply.text)],
             )
         )
     calls = []
@@ -62,7 +65,6 @@ async def reply_output(turn: Turn) -> Output:
             ToolCallView(id=call_id, function=FunctionCall(name=name, arguments=arguments))
         )
     message = Message(role="assistant", content=reply.text or None, tool_calls=calls or None)
-    cut = reply.end.reason == "length"
     return Output(items, message, reply.end.finished, cut)
 
 
@@ -83,25 +85,9 @@ class OutputBuilder:
         if isinstance(part, ReplyText):
             if not isinstance(self._open, OutputMessage):
                 events += self.close()
-                item = OutputMessage(id=item_id("msg"), status="in_progress", content=[])
-                self._open = item
-                self.items.append(item)
+                events += self._open_message()
                 index = len(self.items) - 1
-                events.append(
-                    ("response.output_item.added", {"output_index": index, "item": _now(item)})
-                )
-                events.append(
-                    (
-                        "response.content_part.added",
-                        {
-                            "item_id": item.id,
-                            "output_index": index,
-                            "content_index": 0,
-                            "part": OutputText(text=""),
-                        },
-                    )
-                )
-                item.content.append(OutputText(text=""))
+            assert isinstance(self._open, OutputMessage)
             self._pieces.append(part.text)
             self._text.append(part.text)
             events.append(
@@ -144,6 +130,28 @@ class OutputBuilder:
         elif isinstance(part, ReplyEnd):
             self._end = part
         return events
+
+    def _open_message(self) -> list[tuple[str, dict[str, Any]]]:
+        item = OutputMessage(id=item_id("msg"), status="in_progress", content=[])
+        self._open = item
+        self.items.append(item)
+        index = len(self.items) - 1
+        part = OutputText(text="")
+        item.content.append(OutputText(text=""))
+        return [
+            ("response.output_item.added", {"output_index": index, "item": _now(item)}),
+            (
+                "response.content_part.added",
+                {"item_id": item.id, "output_index": index, "content_index": 0, "part": part},
+            ),
+        ]
+
+    def finish(self) -> list[tuple[str, dict[str, Any]]]:
+        """The events that end the reply: the open item's, or, for a reply of no text and no
+        call, those of an empty message (as ``reply_output`` gives it)."""
+        if not self.items:
+            return self._open_message() + self.close()
+        return self.close()
 
     def close(self) -> list[tuple[str, dict[str, Any]]]:
         """The events that finish the open item."""

@@ -232,7 +232,7 @@ class ResponsesServing:
             async for part in parts:
                 for name, fields in output.feed(part):
                     yield events(name, **fields)
-            for name, fields in output.close():
+            for name, fields in output.finish():
                 yield events(name, **fields)
             await self._finish(pending, output.result(), turn, caller)
             yield events(

@@ -207,6 +207,41 @@ async def test_a_stream_sends_the_events_in_order(client: AsyncTestClient[Any]) 
     assert stored["output"] == final["output"]
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_answer_of_nothing_is_an_empty_message(tmp_path: Path, stream: bool) -> None:
+    """A reply with no text and no call still has its message item (its text empty), as any
+    text reply does: the SDKs' ``output_text`` and an agent's final output read it."""
+    async with admin_client(tmp_path, FakeEngine(words=())) as client:
+        answer = await client.post("/v1/responses", json=body(stream=stream))
+        assert answer.status_code == 200, answer.text
+        if stream:
+            events = [
+                json.loads(block.split("\ndata: ")[1]) for block in answer.text.split("\n\n")[:-1]
+            ]
+            names = [event["type"] for event in events]
+            assert names[2:-1] == [
+                "response.output_item.added",
+                "response.content_part.added",
+                "response.output_text.done",
+                "response.content_part.done",
+                "response.output_item.done",
+            ]
+            result = events[-1]["response"]
+        else:
+            result = answer.json()
+        assert result["status"] == "completed"
+        [item] = result["output"]
+        assert item["type"] == "message"
+        assert item["status"] == "completed"
+        assert [(part["type"], part["text"]) for part in item["content"]] == [("output_text", "")]
+
+
+async def test_a_cut_answer_is_an_incomplete_message(client: AsyncTestClient[Any]) -> None:
+    result = await create(client, max_output_tokens=1)
+    assert result["status"] == "incomplete"
+    assert [item["status"] for item in result["output"]] == ["incomplete"]
+
+
 async def test_a_background_response_is_stored_when_done(client: AsyncTestClient[Any]) -> None:
     response = await create(client, background=True)
     assert response["status"] == "queued"
