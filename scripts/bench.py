@@ -667,7 +667,16 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=32, help="requests per concurrency level")
     parser.add_argument(
         "--workload",
-        choices=["stream", "tools", "followup", "embeddings", "shared", "kv", "grounded"],
+        choices=[
+            "stream",
+            "tools",
+            "followup",
+            "embeddings",
+            "shared",
+            "kv",
+            "grounded",
+            "lookup-bound",
+        ],
         default="stream",
         help="stream: completions against the in-process baseline; tools: grammar-constrained "
         "tool calls against free text; followup: a /v1/responses follow-up through "
@@ -675,7 +684,8 @@ def main() -> int:
         "/v1/embeddings against one Llama(embedding=True) call a passage; shared: the stream load "
         "at the highest concurrency on PostgreSQL + Valkey against SQLite + memory; kv: memory, "
         "quality and speed of each APP_KV_CACHE_TYPE; grounded: 20 chats that rewrite or extract "
-        "from their prompt, with prompt lookup drafting, without it, and (--peer) on llama-server",
+        "from their prompt, with prompt lookup drafting, without it, and (--peer) on llama-server; "
+        "lookup-bound: the most prompt lookup could win on those 20, timed in-process",
     )
     parser.add_argument(
         "--peer",
@@ -685,7 +695,9 @@ def main() -> int:
         "level by level with ours, and print ours / theirs",
     )
     args = parser.parse_args()
-    args.max_tokens = args.max_tokens or (256 if args.workload == "grounded" else 128)
+    args.max_tokens = args.max_tokens or (
+        256 if args.workload in ("grounded", "lookup-bound") else 128
+    )
     levels = [int(c) for c in args.concurrency.split(",")]
     if args.workload == "tools":
         return tools_workload(args, levels)
@@ -701,6 +713,10 @@ def main() -> int:
         import bench_grounded
 
         return bench_grounded.workload(args, levels)
+    if args.workload == "lookup-bound":
+        import bench_grounded
+
+        return bench_grounded.bound(args)
 
     print(
         f"model {args.model.name}, {args.threads} threads, {args.requests} requests of "
