@@ -27,6 +27,9 @@ from app.system.metrics import Metrics
 
 logger = logging.getLogger("app.access")
 
+PROBED = frozenset({"/health"})
+"""Paths that health checks poll."""
+
 REQUEST_ID_HEADER = "x-request-id"
 CLIENT_CLOSED = 499
 """The status the access line and metrics give a request its client left before the answer
@@ -121,7 +124,11 @@ class RequestContext:
                 status = CLIENT_CLOSED
             seconds = time.perf_counter() - record.started
             user = getattr(scope.get("user"), "username", None)
-            logger.info(
+            # Probes (HAProxy, the container's health check) ask every few seconds: their
+            # answers are logged at debug level unless something is wrong.
+            quiet = path in PROBED and status < 400
+            logger.log(
+                logging.DEBUG if quiet else logging.INFO,
                 "request",
                 extra={
                     "fields": {

@@ -51,6 +51,21 @@ def record(message: str, **fields: object) -> logging.LogRecord:
     return entry
 
 
+async def test_health_checks_are_not_access_lines_unless_they_fail(
+    client: AsyncTestClient[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A load balancer polls /health every few seconds: its answers are debug lines."""
+    with caplog.at_level(logging.DEBUG, logger="app.access"):
+        assert (await client.get("/health")).status_code == 200
+        assert (await client.get("/v1/models")).status_code == 401
+    levels = {
+        record.fields["path"]: record.levelno  # type: ignore[attr-defined]
+        for record in caplog.records
+        if record.name == "app.access"
+    }
+    assert levels == {"/health": logging.DEBUG, "/v1/models": logging.INFO}
+
+
 def test_json_lines_carry_the_request_id_and_fields() -> None:
     entry = record("request", status=200, user="ann")
     entry.request_id = "req-1"  # what the handler's filter stamps on records
