@@ -72,6 +72,11 @@ responses = sa.Table(
     sa.Column("input_items", sa.Text, nullable=False),
     # The conversation a follow-up continues from (JSON chat messages, without instructions).
     sa.Column("conversation", sa.Text, nullable=False),
+    # While a background response is generated: until when (Unix time) the replica generating
+    # it answers for it, renewed as it runs; NULL once it is done. Past it, it was lost.
+    sa.Column("lease_until", sa.BigInteger, nullable=True),
+    # Set where a replica not generating it was asked to cancel it; the one that is, stops.
+    sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Index("responses_by_user", "user_id"),
     sa.Index("responses_by_age", "created_at"),
 )

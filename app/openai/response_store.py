@@ -41,6 +41,8 @@ class StoredResponse:
     body: bytes
     input_items: bytes
     conversation: bytes
+    lease_until: int | None = None
+    """While a background response is generated: until when its replica answers for it."""
 
     @property
     def size(self) -> int:
@@ -127,10 +129,15 @@ class ResponseStore:
             body=stored.body.decode(),
             input_items=stored.input_items.decode(),
             conversation=stored.conversation.decode(),
+            lease_until=stored.lease_until,
         )
         return insert.on_conflict_do_update(  # type: ignore[no-any-return]
             index_elements=[responses.c.id],
-            set_={"body": insert.excluded.body, "conversation": insert.excluded.conversation},
+            set_={
+                "body": insert.excluded.body,
+                "conversation": insert.excluded.conversation,
+                "lease_until": insert.excluded.lease_until,
+            },
             # An id is only ever rewritten by its own user.
             where=responses.c.user_id == insert.excluded.user_id,
         )
@@ -154,7 +161,50 @@ class ResponseStore:
             row["body"].encode(),
             row["input_items"].encode(),
             row["conversation"].encode(),
+            row["lease_until"],
         )
+
+    # --- background responses across replicas ----------------------------------------------
+
+    async def renew(self, user_id: int, response_id: str, until: int) -> bool | None:
+        """Extends the lease of a background response being generated here; False when another
+        replica asked to cancel it, None when it is gone (deleted), True otherwise (also when
+        the database cannot be written: the generation goes on)."""
+        if response_id in self._held:  # its row may not be written yet
+            return True
+        row = _key(user_id, response_id)
+        try:
+            changed = await self._db.execute(
+                sa.update(responses)
+                .where(*row, responses.c.lease_until.is_not(None), ~responses.c.cancel_requested)
+                .values(lease_until=until)
+            )
+            if changed:
+                return True
+            found = await self._db.fetch_one(sa.select(responses.c.id).where(*row))
+        except _WRITE_FAILED as exc:
+            logger.warning("cannot renew the lease of %s (%s)", response_id, exc)
+            return True
+        return False if found is not None else None
+
+    async def request_cancel(self, user_id: int, response_id: str) -> None:
+        """Asks the replica generating a background response to stop it."""
+        await self._db.execute(
+            sa.update(responses)
+            .where(*_key(user_id, response_id), responses.c.lease_until.is_not(None))
+            .values(cancel_requested=True)
+        )
+
+    async def settle_lost(self, user_id: int, stored: StoredResponse, now: int) -> bool:
+        """Stores ``stored`` (the response as its lost generation leaves it) in place of a
+        background response whose lease ran out before ``now``; whether it was (not if its
+        replica renewed the lease meanwhile)."""
+        changed = await self._db.execute(
+            sa.update(responses)
+            .where(*_key(user_id, stored.id), responses.c.lease_until < now)
+            .values(body=stored.body.decode(), lease_until=None)
+        )
+        return changed > 0
 
     async def delete(self, user_id: int, response_id: str) -> bool:
         """Deletes the user's response of this id; whether there was one."""
@@ -178,3 +228,7 @@ class ResponseStore:
             return
         self._purged = now
         await self._db.execute(sa.delete(responses).where(responses.c.created_at < self._oldest()))
+
+
+def _key(user_id: int, response_id: str) -> tuple[sa.ColumnElement[bool], ...]:
+    return responses.c.id == response_id, responses.c.user_id == user_id

@@ -7,7 +7,9 @@ turns as chat messages, its output included), so a follow-up renders the same te
 has just computed: the slot's cached prefix covers it and only the new input is prefilled.
 
 ``background: true`` answers at once and generates in a task of this process; cancelling it stops
-the generation and frees its slot as a client that leaves does.
+the generation and frees its slot as a client that leaves does. Other replicas see it through
+its lease in the database (``responses_leases``): they report it failed if this process stops
+without finishing it, and can have it cancelled.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from app.openai.protocol_responses import (
 )
 from app.openai.response_store import ResponseStore, StoredResponse
 from app.openai.responses_input import chat_messages_of, chat_request, with_ids
+from app.openai.responses_leases import Leases, lease_until
 from app.openai.responses_output import EventWriter, Output, OutputBuilder, reply_output
 from app.openai.serving_base import Closing
 from app.openai.serving_chat import ChatServing
@@ -58,6 +61,7 @@ class ResponsesServing:
     def __init__(self, chat: ChatServing, store: ResponseStore) -> None:
         self._chat = chat
         self._store = store
+        self._leases = Leases(store)
         self._background: dict[str, asyncio.Task[None]] = {}
 
     @contextlib.asynccontextmanager
@@ -183,6 +187,7 @@ class ResponsesServing:
             body=msgspec.json.encode(pending.body),
             input_items=msgspec.json.encode(pending.items),
             conversation=msgspec.json.encode(pending.conversation),
+            lease_until=lease_until(pending.body),
         )
         # Shielded: a client that leaves does not lose a write the response depends on.
         await asyncio.shield(
@@ -192,6 +197,7 @@ class ResponsesServing:
     async def _run_in_background(
         self, pending: _Pending, turn: Turn, caller: Caller, saved: asyncio.Future[None]
     ) -> None:
+        renewing: asyncio.Task[None] | None = None
         try:
             try:
                 await self._save(pending, caller)
@@ -199,13 +205,18 @@ class ResponsesServing:
                 saved.set_exception(exc)
                 raise
             saved.set_result(None)
+            task = asyncio.current_task()
+            assert task is not None
+            renewing = asyncio.create_task(
+                self._leases.keep(caller.user.id, pending.body.id, task, pending.forget)
+            )
             pending.body.status = "in_progress"
             await self._save(pending, caller)
             await self._finish(pending, await reply_output(turn), turn, caller)
         except asyncio.CancelledError:
             if pending.body.status not in ("completed", "incomplete"):  # else it is stored
                 pending.body.status = "cancelled"
-                await self._save(pending, caller)
+                await self._save(pending, caller)  # unless it was deleted (``forget``)
             raise
         except ServiceError as exc:
             pending.body.status = "failed"
@@ -219,6 +230,8 @@ class ResponsesServing:
             )
             await self._save(pending, caller)
         finally:
+            if renewing is not None:
+                renewing.cancel()
             await turn.close()
 
     async def _events(self, pending: _Pending, turn: Turn, caller: Caller) -> AsyncGenerator[bytes]:
@@ -264,11 +277,13 @@ class ResponsesServing:
         return _body(await self._stored(response_id, caller))
 
     async def delete(self, response_id: str, caller: Caller) -> Deleted:
-        await self._stored(response_id, caller)  # the caller's, or a 404
+        stored = await self._stored(response_id, caller)  # the caller's, or a 404
         task = self._background.get(response_id)
         if task is not None:  # stopped first: it would store itself again as cancelled
             task.cancel()
             await asyncio.wait({task})
+        elif stored.lease_until is not None:  # the same, on the replica generating it
+            await self._leases.cancel_elsewhere(caller.user.id, stored)
         if not await self._store.delete(caller.user.id, response_id):
             raise _not_found(response_id)
         return Deleted(id=response_id)
@@ -295,21 +310,28 @@ class ResponsesServing:
 
     async def cancel(self, response_id: str, caller: Caller) -> ResponseObject:
         """Stops a background response; the response as it then is."""
-        body = _body(await self._stored(response_id, caller))
+        stored = await self._stored(response_id, caller)
+        body = _body(stored)
         if not body.background:
             raise InvalidRequest("Only background responses can be cancelled.", param="response_id")
         task = self._background.get(response_id)
-        if task is None:
-            return body  # finished already (or on another replica)
-        task.cancel()
-        await asyncio.wait({task})
-        return await self.retrieve(response_id, caller)
+        if task is not None:
+            task.cancel()
+            await asyncio.wait({task})
+            return await self.retrieve(response_id, caller)
+        if stored.lease_until is None:
+            return body  # finished already
+        return _body(await self._leases.cancel_elsewhere(caller.user.id, stored))
 
     async def _stored(self, response_id: str, caller: Caller) -> StoredResponse:
+        """The caller's stored response (a 404 if there is none); a background response whose
+        replica stopped before finishing it, failed."""
         stored = await self._store.get(caller.user.id, response_id)
         if stored is None:
             raise _not_found(response_id)
-        return stored
+        if response_id in self._background:  # generated here: its lease is kept
+            return stored
+        return await self._leases.settled(caller.user.id, stored)
 
 
 def _body(stored: StoredResponse) -> ResponseObject:
@@ -335,3 +357,7 @@ class _Pending:
         self.chat = chat
         self.items = items
         self.conversation = conversation
+
+    def forget(self) -> None:
+        """It was deleted while it was generated: nothing more of it is stored."""
+        self.body.store = False

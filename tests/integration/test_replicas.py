@@ -1,7 +1,8 @@
 """Two replicas of ``python -m app serve`` on one real PostgreSQL and one real Valkey/Redis,
 behind a real HAProxy, as ``compose.scale.yaml`` runs them: limits, tokens, revocation and the
-usage ledger are exact across the replicas, and a replica killed mid-stream loses nothing
-committed while the other goes on serving."""
+usage ledger are exact across the replicas, either one cancels or deletes a background response
+the other generates, and a replica killed mid-stream loses nothing committed while the other
+goes on serving."""
 
 from __future__ import annotations
 
@@ -183,6 +184,33 @@ def test_the_daily_token_limit_counts_both_replicas(cluster: Cluster) -> None:
         for url in cluster.urls * 3
     ]
     assert codes == [200, 200, 200, 429, 429, 429], codes
+
+
+def test_a_background_response_is_cancelled_or_deleted_through_the_other_replica(
+    cluster: Cluster,
+) -> None:
+    a, b = cluster.urls
+    judy = cluster.user("judy")
+    story = {
+        "model": "smol",
+        "input": "Write a very long story about the sea.",
+        "max_output_tokens": 400,
+        "background": True,
+    }
+    made = httpx.post(f"{a}/v1/responses", json=story, headers=judy, timeout=60)
+    assert made.status_code == 200, made.text
+    path = f"/v1/responses/{made.json()['id']}"
+    # B passes the cancel on to A and answers once A has stopped it (or finished meanwhile).
+    cancelled = httpx.post(f"{b}{path}/cancel", headers=judy, timeout=60)
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["status"] in ("cancelled", "completed", "incomplete")
+    assert httpx.get(f"{a}{path}", headers=judy).json()["status"] == cancelled.json()["status"]
+    made = httpx.post(f"{a}/v1/responses", json=story, headers=judy, timeout=60)
+    assert made.status_code == 200, made.text  # the first one no longer holds judy's one slot
+    path = f"/v1/responses/{made.json()['id']}"
+    assert httpx.delete(f"{b}{path}", headers=judy, timeout=60).status_code == 200
+    for url in (a, b):  # and A, having stopped it, did not write it back
+        assert httpx.get(f"{url}{path}", headers=judy).status_code == 404
 
 
 def served_by(proxy: HAProxy) -> dict[str, int]:

@@ -8,13 +8,17 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from litestar.testing import AsyncTestClient
 
+from app.inference.engine import GenerationEvent, SamplingParams
+from app.openai import responses_leases
 from tests.unit.fakes import FakeEngine
 from tests.unit.support import (
     admin_client,
@@ -257,6 +261,86 @@ async def test_a_background_response_is_stored_when_done(client: AsyncTestClient
     plain = await create(client)
     refused = await client.post(f"/v1/responses/{plain['id']}/cancel")
     assert refused.status_code == 400
+
+
+class HeldEngine(FakeEngine):
+    """Generates nothing until ``release`` is set: a background response stays in progress."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.stopped = asyncio.Event()
+
+    async def generate(
+        self, prompt_tokens: Sequence[int], params: SamplingParams, *, owner: object = None
+    ) -> AsyncIterator[GenerationEvent]:
+        try:
+            await self.release.wait()
+        finally:
+            self.stopped.set()  # released, or cancelled
+        async for event in super().generate(prompt_tokens, params, owner=owner):
+            yield event
+
+
+@asynccontextmanager
+async def two_replicas(
+    tmp_path: Path, engine: FakeEngine
+) -> AsyncIterator[tuple[AsyncTestClient[Any], AsyncTestClient[Any]]]:
+    """Two apps on one database, the first over ``engine``; signed in as the admin on each."""
+    async with (
+        admin_client(tmp_path, engine) as first,
+        admin_client(tmp_path, FakeEngine()) as second,
+    ):
+        yield first, second
+
+
+async def test_a_background_response_whose_replica_stopped_is_reported_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = HeldEngine()
+    async with two_replicas(tmp_path, engine) as (running, other):
+        created = await create(running, background=True)
+        path = f"/v1/responses/{created['id']}"
+        assert (await other.get(path)).json()["status"] == "in_progress"  # its lease holds
+        # Time passes, and the replica never renews the lease: it stopped.
+        later = SimpleNamespace(time=lambda: time.time() + 3600, monotonic=time.monotonic)
+        monkeypatch.setattr(responses_leases, "time", later)
+        lost = (await other.get(path)).json()
+        assert lost["status"] == "failed"
+        assert lost["error"] == {
+            "code": "server_error",
+            "message": responses_leases.LOST.message,
+        }
+        monkeypatch.undo()
+        assert (await other.get(path)).json() == lost  # stored so
+        refused = await other.post("/v1/responses", json=body(previous_response_id=created["id"]))
+        assert refused.status_code == 400
+
+
+async def test_any_replica_cancels_or_deletes_a_background_response(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(responses_leases, "RENEW_SECONDS", 0.05)
+    monkeypatch.setattr(responses_leases, "POLL_SECONDS", 0.02)
+    engine = HeldEngine()
+    async with two_replicas(tmp_path, engine) as (running, other):
+        created = await create(running, background=True)
+        cancelled = await other.post(f"/v1/responses/{created['id']}/cancel")
+        assert cancelled.status_code == 200, cancelled.text
+        assert cancelled.json()["status"] == "cancelled"
+        assert engine.stopped.is_set()  # the generation stopped where it ran
+        assert (await running.get(f"/v1/responses/{created['id']}")).json()["status"] == (
+            "cancelled"
+        )
+
+        engine.stopped.clear()
+        created = await create(running, background=True)
+        deleted = await other.delete(f"/v1/responses/{created['id']}")
+        assert deleted.status_code == 200, deleted.text
+        assert engine.stopped.is_set()
+        await asyncio.sleep(0.2)  # several renewals later, nothing brought it back
+        for client in (running, other):
+            assert (await client.get(f"/v1/responses/{created['id']}")).status_code == 404
 
 
 @pytest.mark.parametrize(
