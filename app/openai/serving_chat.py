@@ -4,7 +4,7 @@ with structured outputs and tool calls held to their schemas by a grammar."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -70,35 +70,45 @@ class ChatServing(OpenAIServing):
         """The request with its oldest turns dropped until its prompt and ``max_tokens`` fit
         the model's context (never a system or developer message, never the last message), and
         how many messages went; unchanged when ``drop_oldest`` is off or it fits already. A
-        request that cannot be made to fit is left for the usual 400."""
+        request that cannot be made to fit is left for the usual 400.
+
+        The fewest turns to drop are found by bisection (dropping more makes the prompt shorter):
+        a chat of thousands of turns is rendered and tokenized a dozen times at most."""
         if not self.drop_oldest:
             return request, 0
         request.check_supported()
         plan = tool_plan(request)
         tools = plan.tools if plan.calling else ()
-        kept = list(request.messages)
+        turns = _older_turns(request.messages)
         lease = await self._host.acquire(request.model)
         try:
             engine = lease.engine
             room = engine.context_size - min(
                 request._limit() or self._defaults.max_tokens, engine.context_size // 2
             )
-            for _ in range(_MAX_FIT_ROUNDS):
+
+            async def fits(dropped: int) -> bool:
+                kept = _without(request.messages, turns[:dropped])
                 tokens = await engine.tokenize_chat(
                     chat_messages(kept), tools, tool_required=plan.forced
                 )
-                if len(tokens) <= room:
-                    break
-                if not _drop_oldest_turn(kept):
-                    return request, 0  # the current turn alone is too long: the usual 400
-            else:
+                return len(tokens) <= room
+
+            if await fits(0):
                 return request, 0
+            if not turns or not await fits(len(turns)):
+                return request, 0  # the current turn alone is too long: the usual 400
+            short, enough = 0, len(turns)  # dropping `short` turns is too few, `enough` fits
+            while enough - short > 1:
+                middle = (short + enough) // 2
+                if await fits(middle):
+                    enough = middle
+                else:
+                    short = middle
         finally:
             lease.release()
-        dropped = len(request.messages) - len(kept)
-        if not dropped:
-            return request, 0
-        return msgspec.structs.replace(request, messages=kept), dropped
+        kept = _without(request.messages, turns[:enough])
+        return msgspec.structs.replace(request, messages=kept), len(request.messages) - len(kept)
 
     async def _job(
         self, request: ChatCompletionRequest, caller: Caller, prefill: str | None = None
@@ -316,24 +326,31 @@ def _reply(
     return AssistantMessage(content=content, tool_calls=views), finish
 
 
-# Each round renders and tokenizes the whole chat: a bound on what one request may cost.
-_MAX_FIT_ROUNDS = 64
-
-
-def _drop_oldest_turn(messages: list[Any]) -> bool:
-    """Removes the oldest turn: the first message that is not a system or developer message,
-    with what followed it up to the next user message (the answer, its calls and their
-    results). The current turn (from the last user message on: its question, and in an agent
-    loop the calls and results so far) is never touched; whether there was a turn to remove."""
+def _older_turns(messages: Sequence[Any]) -> list[range]:
+    """The turns before the current one, oldest first, as ranges of message indexes: each is a
+    message that is not a system or developer message, with what followed it up to the next
+    user message (the answer, its calls and their results). The current turn (from the last
+    user message on: its question, and in an agent loop the calls and results so far) is not
+    one, and system and developer messages belong to none."""
     current = max((i for i, m in enumerate(messages) if m.role == "user"), default=0)
-    for i, message in enumerate(messages[:current]):
-        if message.role in ("system", "developer"):
+    kept_roles = ("user", "system", "developer")
+    turns = []
+    start = 0
+    while start < current:
+        if messages[start].role in ("system", "developer"):
+            start += 1
             continue
-        del messages[i]
-        while messages[i].role not in ("user", "system", "developer"):
-            del messages[i]  # stops at the current turn's user message at the latest
-        return True
-    return False
+        end = start + 1
+        while end < current and messages[end].role not in kept_roles:
+            end += 1
+        turns.append(range(start, end))
+        start = end
+    return turns
+
+
+def _without(messages: Sequence[Any], turns: Sequence[range]) -> list[Any]:
+    gone = {i for turn in turns for i in turn}
+    return [message for i, message in enumerate(messages) if i not in gone]
 
 
 class _ChoiceStream:

@@ -95,3 +95,23 @@ async def test_what_cannot_be_made_to_fit_is_still_a_400(tmp_path: Path) -> None
         answer = await client.post("/v1/chat/completions", json=body, headers=token)
         assert answer.status_code == 400
         assert answer.json()["error"]["code"] == "context_length_exceeded"
+
+
+async def test_a_chat_of_many_turns_is_cut_to_fit_in_a_few_renderings(tmp_path: Path) -> None:
+    """Hundreds of turns over the context still fit (the fewest oldest ones go), and finding
+    how many is a bisection: the chat is rendered a handful of times, not once a turn."""
+    engine = FakeEngine()
+    settings = settings_for(tmp_path, APP_CONTEXT_OVERFLOW="drop_oldest")
+    async with AsyncTestClient(app=create_app(settings, engine=engine)) as client:
+        token = bearer(await login(client, ADMIN, ADMIN_PASSWORD))
+        body = {"model": "tinyllama-1.1b", "messages": chat(300), "max_tokens": 4}
+        answer = await client.post("/v1/chat/completions", json=body, headers=token)
+        assert answer.status_code == 200, answer.text
+        assert int(answer.headers["x-context-dropped-messages"]) > 500
+    sent = engine.chats[-1]
+    assert sent[0].content == "be brief"
+    assert sent[-1].content == "the last question"
+    words = len(" ".join(f"{m.role}: {m.content}" for m in sent).split())
+    turn = len(f"user: question 1 {LONG} assistant: answer 1 {LONG}".split())
+    assert words <= 60 < words + turn  # the context less max_tokens; one more turn would not fit
+    assert len(engine.chats) <= 12  # log2(300) + 2 renderings to fit, and the request's own
