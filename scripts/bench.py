@@ -17,10 +17,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import httpx
 
@@ -36,6 +36,7 @@ PROMPTS = [
     "Describe the city of Paris.",
     "Write a letter to a friend.",
 ]
+T = TypeVar("T")
 PASSWORD = "bench-admin-password"  # noqa: S105 - a throwaway service's admin
 
 
@@ -115,27 +116,46 @@ async def timed_stream(
                 last = now
 
 
-async def load(
-    url: str, key: str, concurrency: int, max_tokens: int, requests: int
+async def drive(
+    url: str,
+    key: str,
+    concurrency: int,
+    items: list[T],
+    send: Callable[[httpx.AsyncClient, T, Run], Awaitable[None]],
+    *,
+    keepalive: bool = False,
 ) -> tuple[Run, float]:
+    """``concurrency`` clients sending ``items`` between them, each its share back to back
+    (``send`` makes one request and records it in the run): sustained load, in which finished
+    sequences are replaced by new ones. The run and its seconds."""
     run = Run()
     headers = {"Authorization": f"Bearer {key}"}
-    # A connection per request: llama-server sometimes closes a kept-alive connection without
-    # saying so, and the next request on it fails before any token (the same for both servers).
-    no_keepalive = httpx.Limits(max_keepalive_connections=0)
-    async with httpx.AsyncClient(
-        base_url=url, headers=headers, timeout=600, limits=no_keepalive
-    ) as http:
+    # Without keep-alive, a connection per request: llama-server sometimes closes a kept-alive
+    # connection without saying so, and the next request on it fails before any token (the
+    # same for both servers).
+    limits = httpx.Limits() if keepalive else httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=600, limits=limits) as http:
         started = time.perf_counter()
 
-        # The same requests at every concurrency, each client sending its share back to back:
-        # sustained load, in which finished sequences are replaced by new ones.
         async def worker(index: int) -> None:
-            for prompt in prompts(requests)[index::concurrency]:
-                await client(http, prompt, max_tokens, run)
+            for item in items[index::concurrency]:
+                await send(http, item, run)
 
         await asyncio.gather(*(worker(i) for i in range(concurrency)))
         return run, time.perf_counter() - started
+
+
+async def load(
+    url: str, key: str, concurrency: int, max_tokens: int, requests: int
+) -> tuple[Run, float]:
+    """The stream workload: the same completions at every concurrency."""
+    return await drive(
+        url,
+        key,
+        concurrency,
+        prompts(requests),
+        lambda http, prompt, run: client(http, prompt, max_tokens, run),
+    )
 
 
 # --- the tool-call workload ----------------------------------------------------------------------
@@ -206,17 +226,14 @@ async def chat_client(
 async def chat_load(
     url: str, key: str, concurrency: int, requests: int, tools: bool, max_tokens: int
 ) -> tuple[Run, float]:
-    run = Run()
-    headers = {"Authorization": f"Bearer {key}"}
-    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=600) as http:
-        started = time.perf_counter()
-
-        async def worker(index: int) -> None:
-            for prompt in prompts(requests)[index::concurrency]:
-                await chat_client(http, f"File a report: {prompt}", max_tokens, tools, run)
-
-        await asyncio.gather(*(worker(i) for i in range(concurrency)))
-        return run, time.perf_counter() - started
+    return await drive(
+        url,
+        key,
+        concurrency,
+        [f"File a report: {prompt}" for prompt in prompts(requests)],
+        lambda http, prompt, run: chat_client(http, prompt, max_tokens, tools, run),
+        keepalive=True,
+    )
 
 
 def tools_workload(args: argparse.Namespace, levels: list[int]) -> int:

@@ -20,7 +20,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-from bench import PASSWORD, Run, api_key, percentile, start_peer, start_service, timed_stream
+from bench import (
+    PASSWORD,
+    Run,
+    api_key,
+    drive,
+    percentile,
+    start_peer,
+    start_service,
+    timed_stream,
+)
 
 GROUNDED = Path(__file__).resolve().parent / "lib" / "grounded.json"
 
@@ -56,20 +65,13 @@ def _shows_text(line: str) -> bool:
 async def load(
     url: str, key: str, concurrency: int, max_tokens: int, prompts: list[str]
 ) -> tuple[Run, float]:
-    run = Run()
-    no_keepalive = httpx.Limits(max_keepalive_connections=0)  # as the stream workload
-    headers = {"Authorization": f"Bearer {key}"}
-    async with httpx.AsyncClient(
-        base_url=url, headers=headers, timeout=600, limits=no_keepalive
-    ) as http:
-        started = time.perf_counter()
-
-        async def worker(index: int) -> None:
-            for prompt in prompts[index::concurrency]:
-                await chat(http, prompt, max_tokens, run)
-
-        await asyncio.gather(*(worker(i) for i in range(concurrency)))
-        return run, time.perf_counter() - started
+    return await drive(
+        url,
+        key,
+        concurrency,
+        prompts,
+        lambda http, prompt, run: chat(http, prompt, max_tokens, run),
+    )
 
 
 def drafted(url: str, token: str) -> tuple[float, float]:
