@@ -170,6 +170,8 @@ class _Decoder:
     def step(self, tokens: list[int], start: int, *, every_logit: bool) -> float:
         """Decodes ``tokens`` from position ``start`` (logits for each, or for the last only,
         as a prompt is computed); its seconds."""
+        if len(tokens) > 512:
+            raise ValueError(f"a step of {len(tokens)} tokens: the batch holds 512")
         batch = self._batch
         batch.n_tokens = len(tokens)
         for i, token in enumerate(tokens):
@@ -204,7 +206,7 @@ def bound(args: Namespace) -> int:
     and without drafting."""
     import statistics
 
-    from app.inference.drafting import NGRAMS, PromptLookup, _continued
+    from app.inference.drafting import NGRAMS, PromptLookup, continued_from
     from app.inference.engine import ChatMessage, EngineConfig
     from app.inference.llama_engine import LlamaEngine
 
@@ -246,7 +248,7 @@ def bound(args: Namespace) -> int:
         cost[n] = statistics.median(times) * 1000
 
     def kept(tokens: list[int], end: int, answer: list[int], at: int) -> int:
-        draft = _continued(tokens, end, min(DRAFT, len(answer) - at - 1))
+        draft = continued_from(tokens, end, min(DRAFT, len(answer) - at - 1))
         return next((i for i, t in enumerate(draft) if t != answer[at + i]), len(draft))
 
     def latest(tokens: list[int], lookup: PromptLookup, answer: list[int], at: int) -> int:

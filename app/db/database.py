@@ -255,6 +255,13 @@ class Database:
         ``on_conflict_do_nothing`` (the same API on SQLite and PostgreSQL)."""
         return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
 
+    def unix_time(self) -> sa.ColumnElement[int]:
+        """The database's clock in whole seconds since the epoch, as an SQL expression: one
+        clock for every replica, whatever their own say."""
+        if self.dialect == "postgresql":
+            return sa.cast(sa.extract("epoch", sa.func.now()), sa.BigInteger)
+        return sa.cast(sa.func.strftime("%s", "now"), sa.Integer)
+
     @contextlib.asynccontextmanager
     async def transaction(self, *, exclusive: bool = False) -> AsyncIterator[AsyncConnection]:
         """One connection in one transaction, committed when the block ends without error.

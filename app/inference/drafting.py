@@ -92,7 +92,7 @@ class PromptLookup:
                     and tokens[end - match - 1] == tokens[-match - 1]
                 ):
                     match += 1
-                return _continued(tokens, end, room), match
+                return continued_from(tokens, end, room), match
         return [], 0
 
     def _index(self, upto: int) -> None:
@@ -105,7 +105,7 @@ class PromptLookup:
         self._indexed = max(self._indexed, upto)
 
 
-def _continued(tokens: list[int], end: int, room: int) -> list[int]:
+def continued_from(tokens: list[int], end: int, room: int) -> list[int]:
     """``room`` tokens that follow ``tokens[:end]``'s ending as it went on there: when that
     runs into the sequence's own end, the draft goes on as if the sequence repeated itself
     with a period of ``len(tokens) - end`` tokens (a list, a refrain, a model caught in a loop)

@@ -7,11 +7,19 @@ user's rows go with the user (a foreign key).
 A response is saved after its answer was generated: where it cannot be written (a full disk, a
 read-only or unreachable database), it is held in memory and served from there, written with the
 next save, and the answer still reaches its client.
+
+A background response being generated holds a lease on its row, by the database's clock, which
+its replica renews (``renew``); other replicas ask it to cancel through the row
+(``request_cancel``) and settle it as lost once the lease has run out (``settle_lost``). Its
+saves after the first are written only while the row still holds a lease, so that the replica
+generating it never writes back a response another settled or a user deleted
+(``responses_leases`` uses all this).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -23,6 +31,10 @@ from app.db import Database
 from app.db.failures import FailedWrites
 from app.db.tables import responses
 from app.errors import DatabaseDown
+
+LEASE_SECONDS = 30
+"""How long a background response's lease lasts from its last write or renewal: several
+renewals, so that a slow database does not lose one."""
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +54,14 @@ class StoredResponse:
     input_items: bytes
     conversation: bytes
     lease_until: int | None = None
-    """While a background response is generated: until when its replica answers for it."""
+    """As read: while a background response is generated, until when its replica answers for
+    it (Unix time, the database's clock)."""
+    leased: bool = False
+    """As written: a background response still being generated; the write gives it a lease of
+    ``LEASE_SECONDS``."""
+    guarded: bool = False
+    """As written: a background response's save after its first, written only while its row
+    holds a lease (not once another replica settled it as lost, nor once it was deleted)."""
 
     @property
     def size(self) -> int:
@@ -92,7 +111,8 @@ class ResponseStore:
             while self._held:
                 response_id, entry = next(iter(self._held.items()))
                 try:
-                    await self._db.execute(self._upsert(*entry))
+                    if not await self._db.execute(self._write(*entry)):
+                        logger.info("dropped a save of %s: settled or deleted", response_id)
                 except sa.exc.IntegrityError:
                     logger.info("dropped a response of user %d, deleted meanwhile", entry[0])
                 except _WRITE_FAILED as exc:
@@ -107,8 +127,11 @@ class ResponseStore:
             return True
 
     def _hold(self, response: tuple[int, StoredResponse, int]) -> None:
-        response_id = response[1].id
+        user_id, stored, created_at = response
+        response_id = stored.id
         if response_id in self._held:  # the newest version goes last
+            if not self._held[response_id][1].guarded:  # in place of a first save, not written
+                response = user_id, dataclasses.replace(stored, guarded=False), created_at
             self._release(response_id)
         self._held[response_id] = response
         self._held_bytes += response[1].size
@@ -121,7 +144,18 @@ class ResponseStore:
         _, stored, _ = self._held.pop(response_id)
         self._held_bytes -= stored.size
 
-    def _upsert(self, user_id: int, stored: StoredResponse, created_at: int) -> sa.Executable:
+    def _write(self, user_id: int, stored: StoredResponse, created_at: int) -> sa.Executable:
+        lease = self._db.unix_time() + LEASE_SECONDS if stored.leased else None
+        if stored.guarded:
+            return (
+                sa.update(responses)
+                .where(*_key(user_id, stored.id), responses.c.lease_until.is_not(None))
+                .values(
+                    body=stored.body.decode(),
+                    conversation=stored.conversation.decode(),
+                    lease_until=lease,
+                )
+            )
         insert = self._db.insert(responses).values(
             id=stored.id,
             user_id=user_id,
@@ -129,7 +163,7 @@ class ResponseStore:
             body=stored.body.decode(),
             input_items=stored.input_items.decode(),
             conversation=stored.conversation.decode(),
-            lease_until=stored.lease_until,
+            lease_until=lease,
         )
         return insert.on_conflict_do_update(  # type: ignore[no-any-return]
             index_elements=[responses.c.id],
@@ -166,18 +200,18 @@ class ResponseStore:
 
     # --- background responses across replicas ----------------------------------------------
 
-    async def renew(self, user_id: int, response_id: str, until: int) -> bool | None:
+    async def renew(self, user_id: int, response_id: str) -> bool | None:
         """Extends the lease of a background response being generated here; False when another
-        replica asked to cancel it, None when it is gone (deleted), True otherwise (also when
-        the database cannot be written: the generation goes on)."""
-        if response_id in self._held:  # its row may not be written yet
-            return True
+        replica asked to cancel it or settled it as lost, None when it is gone (deleted), True
+        otherwise (also when the database cannot be written: the generation goes on)."""
+        if response_id in self._held and not await self.flush():
+            return True  # its row may not be written yet
         row = _key(user_id, response_id)
         try:
             changed = await self._db.execute(
                 sa.update(responses)
                 .where(*row, responses.c.lease_until.is_not(None), ~responses.c.cancel_requested)
-                .values(lease_until=until)
+                .values(lease_until=self._db.unix_time() + LEASE_SECONDS)
             )
             if changed:
                 return True
@@ -188,22 +222,29 @@ class ResponseStore:
         return False if found is not None else None
 
     async def request_cancel(self, user_id: int, response_id: str) -> None:
-        """Asks the replica generating a background response to stop it."""
-        await self._db.execute(
-            sa.update(responses)
-            .where(*_key(user_id, response_id), responses.c.lease_until.is_not(None))
-            .values(cancel_requested=True)
-        )
+        """Asks the replica generating a background response to stop it; ``DatabaseDown`` if
+        the request cannot be written."""
+        try:
+            await self._db.execute(
+                sa.update(responses)
+                .where(*_key(user_id, response_id), responses.c.lease_until.is_not(None))
+                .values(cancel_requested=True)
+            )
+        except _WRITE_FAILED as exc:
+            raise DatabaseDown() from exc
 
-    async def settle_lost(self, user_id: int, stored: StoredResponse, now: int) -> bool:
+    async def settle_lost(self, user_id: int, stored: StoredResponse) -> bool:
         """Stores ``stored`` (the response as its lost generation leaves it) in place of a
-        background response whose lease ran out before ``now``; whether it was (not if its
-        replica renewed the lease meanwhile)."""
-        changed = await self._db.execute(
-            sa.update(responses)
-            .where(*_key(user_id, stored.id), responses.c.lease_until < now)
-            .values(body=stored.body.decode(), lease_until=None)
-        )
+        background response whose lease has run out; whether it did (not if its replica
+        renewed the lease meanwhile); ``DatabaseDown`` if it cannot be written."""
+        try:
+            changed = await self._db.execute(
+                sa.update(responses)
+                .where(*_key(user_id, stored.id), responses.c.lease_until < self._db.unix_time())
+                .values(body=stored.body.decode(), lease_until=None)
+            )
+        except _WRITE_FAILED as exc:
+            raise DatabaseDown() from exc
         return changed > 0
 
     async def delete(self, user_id: int, response_id: str) -> bool:

@@ -38,34 +38,12 @@ class Output:
 
 
 async def reply_output(turn: Turn) -> Output:
-    reply = await turn.reply()
-    assert reply.end is not None
-    cut = reply.end.reason == "length"
-    items: list[OutputItem] = []
-    if reply.text or not reply.calls:  # a reply of no text and no call is an empty message
-        items.append(
-            OutputMessage(
-                id=item_id("msg"),
-                status="incomplete" if cut else "completed",
-                content=[OutputText(text=reply.text)],
-            )
-        )
-    calls = []
-    for call_id, name, arguments in reply.calls:
-        items.append(
-            OutputFunctionCall(
-                id=item_id("fc"),
-                call_id=call_id,
-                name=name,
-                arguments=arguments,
-                status="completed",
-            )
-        )
-        calls.append(
-            ToolCallView(id=call_id, function=FunctionCall(name=name, arguments=arguments))
-        )
-    message = Message(role="assistant", content=reply.text or None, tool_calls=calls or None)
-    return Output(items, message, reply.end.finished, cut)
+    """The whole reply as output items: the items a stream of it ends with."""
+    builder = OutputBuilder()
+    async for part in turn.parts():
+        builder.feed(part)
+    builder.finish()
+    return builder.result()
 
 
 class OutputBuilder:
@@ -76,6 +54,7 @@ class OutputBuilder:
         self._open: OutputMessage | OutputFunctionCall | None = None
         self._text: list[str] = []  # every text of the reply
         self._pieces: list[str] = []  # the open item's text or arguments, joined when it closes
+        self._blank: list[str] = []  # whitespace not yet known to be a message's or a call's
         self._calls: list[ToolCallView] = []
         self._end: ReplyEnd | None = None
 
@@ -83,13 +62,18 @@ class OutputBuilder:
         events: list[tuple[str, dict[str, Any]]] = []
         index = len(self.items) - 1
         if isinstance(part, ReplyText):
+            self._text.append(part.text)
+            text = part.text
             if not isinstance(self._open, OutputMessage):
+                if not text.strip():  # the whitespace before a call makes no message of its own
+                    self._blank.append(text)
+                    return events
                 events += self.close()
                 events += self._open_message()
                 index = len(self.items) - 1
+                text, self._blank = "".join(self._blank) + text, []
             assert isinstance(self._open, OutputMessage)
-            self._pieces.append(part.text)
-            self._text.append(part.text)
+            self._pieces.append(text)
             events.append(
                 (
                     "response.output_text.delta",
@@ -97,12 +81,13 @@ class OutputBuilder:
                         "item_id": self._open.id,
                         "output_index": index,
                         "content_index": 0,
-                        "delta": part.text,
+                        "delta": text,
                         "logprobs": [],
                     },
                 )
             )
         elif isinstance(part, ReplyCall):
+            self._blank = []
             events += self.close()
             call = OutputFunctionCall(
                 id=item_id("fc"),
@@ -150,7 +135,9 @@ class OutputBuilder:
         """The events that end the reply: the open item's, or, for a reply of no text and no
         call, those of an empty message (as ``reply_output`` gives it)."""
         if not self.items:
-            return self._open_message() + self.close()
+            events = self._open_message()
+            self._pieces, self._blank = self._blank, []
+            return events + self.close()
         return self.close()
 
     def close(self) -> list[tuple[str, dict[str, Any]]]:
@@ -210,7 +197,11 @@ class OutputBuilder:
     def result(self) -> Output:
         assert self._end is not None
         text = "".join(self._text)
-        text = text.strip() if self._calls else text
+        if self._calls:  # what is written beside calls, without the space around them
+            text = text.strip()
+            for item in self.items:
+                if isinstance(item, OutputMessage):
+                    item.content[0].text = item.content[0].text.strip()
         message = Message(role="assistant", content=text or None, tool_calls=self._calls or None)
         cut = self._end.reason == "length"
         return Output(self.items, message, self._end.finished, cut)

@@ -43,7 +43,7 @@ from app.openai.protocol_responses import (
 )
 from app.openai.response_store import ResponseStore, StoredResponse
 from app.openai.responses_input import chat_messages_of, chat_request, with_ids
-from app.openai.responses_leases import Leases, lease_until
+from app.openai.responses_leases import Leases, running
 from app.openai.responses_output import EventWriter, Output, OutputBuilder, reply_output
 from app.openai.serving_base import Closing
 from app.openai.serving_chat import ChatServing
@@ -118,7 +118,7 @@ class ResponsesServing:
             raise InvalidRequest(f"{field} is not supported.", param=field)
         earlier: list[Message] = []
         if request.previous_response_id is not None:
-            stored = await self._store.get(caller.user.id, request.previous_response_id)
+            stored = await self._find(request.previous_response_id, caller)
             if stored is None:
                 raise InvalidRequest(
                     f"Previous response with id '{request.previous_response_id}' not found.",
@@ -180,15 +180,18 @@ class ResponsesServing:
         await self._save(pending, caller)
 
     async def _save(self, pending: _Pending, caller: Caller) -> None:
-        if not pending.body.store:
+        if not pending.body.store or pending.deleted:
             return
         stored = StoredResponse(
             id=pending.body.id,
             body=msgspec.json.encode(pending.body),
             input_items=msgspec.json.encode(pending.items),
             conversation=msgspec.json.encode(pending.conversation),
-            lease_until=lease_until(pending.body),
+            leased=running(pending.body),
+            # A background one's later saves are written only while its row is leased to it.
+            guarded=pending.body.background and pending.written,
         )
+        pending.written = True
         # Shielded: a client that leaves does not lose a write the response depends on.
         await asyncio.shield(
             self._store.save(caller.user.id, stored, created_at=pending.body.created_at)
@@ -215,15 +218,18 @@ class ResponsesServing:
             await self._finish(pending, await reply_output(turn), turn, caller)
         except asyncio.CancelledError:
             if pending.body.status not in ("completed", "incomplete"):  # else it is stored
+                await turn.close()  # its slot is free before it says it was cancelled
                 pending.body.status = "cancelled"
                 await self._save(pending, caller)  # unless it was deleted (``forget``)
             raise
         except ServiceError as exc:
+            await turn.close()
             pending.body.status = "failed"
             pending.body.error = ResponseError(code=exc.code or exc.error_type, message=exc.message)
             await self._save(pending, caller)
         except Exception:
             logger.exception("a background response failed")
+            await turn.close()
             pending.body.status = "failed"
             pending.body.error = ResponseError(
                 code="server_error", message="The server had an error while generating."
@@ -321,15 +327,23 @@ class ResponsesServing:
             return await self.retrieve(response_id, caller)
         if stored.lease_until is None:
             return body  # finished already
-        return _body(await self._leases.cancel_elsewhere(caller.user.id, stored))
+        cancelled = await self._leases.cancel_elsewhere(caller.user.id, stored)
+        if cancelled is None:
+            raise _not_found(response_id)  # deleted meanwhile
+        return _body(cancelled)
 
     async def _stored(self, response_id: str, caller: Caller) -> StoredResponse:
-        """The caller's stored response (a 404 if there is none); a background response whose
-        replica stopped before finishing it, failed."""
-        stored = await self._store.get(caller.user.id, response_id)
+        """The caller's stored response, or a 404."""
+        stored = await self._find(response_id, caller)
         if stored is None:
             raise _not_found(response_id)
-        if response_id in self._background:  # generated here: its lease is kept
+        return stored
+
+    async def _find(self, response_id: str, caller: Caller) -> StoredResponse | None:
+        """The caller's stored response, if there is one; a background response whose replica
+        stopped before finishing it, failed."""
+        stored = await self._store.get(caller.user.id, response_id)
+        if stored is None or response_id in self._background:  # generated here: leased
             return stored
         return await self._leases.settled(caller.user.id, stored)
 
@@ -357,7 +371,8 @@ class _Pending:
         self.chat = chat
         self.items = items
         self.conversation = conversation
+        self.written = False  # saved once already
+        self.deleted = False  # deleted while it was generated: nothing more of it is saved
 
     def forget(self) -> None:
-        """It was deleted while it was generated: nothing more of it is stored."""
-        self.body.store = False
+        self.deleted = True

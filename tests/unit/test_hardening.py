@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -185,3 +186,17 @@ async def test_held_responses_keep_their_newest_version_and_are_written_in_order
         assert (await store.get(admin, "resp_c")) == version("resp_c", "queued")
         assert await store.delete(admin, "resp_a")
         assert await store.get(admin, "resp_a") is None
+        # A background response's first save held, then a later one, written only where the
+        # row is leased: the row is still made (the later save takes the held one's place).
+        await read_only.set(True)
+        first = dataclasses.replace(version("resp_d", "queued"), leased=True)
+        later = dataclasses.replace(version("resp_d", "in_progress"), leased=True, guarded=True)
+        for saved in (first, later):
+            await store.save(admin, saved, created_at=int(time.time()))
+        await read_only.set(False)
+        assert await store.flush()
+        written = await store.get(admin, "resp_d")
+        assert written is not None
+        assert written.body == b"in_progress"
+        assert written.lease_until is not None
+        assert written.lease_until > time.time()

@@ -14,7 +14,7 @@ from litestar.testing import AsyncTestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.errors import QueueFull
-from app.factory import create_app
+from app.factory import build_services, create_app
 from app.system.logs import JsonFormatter, TextFormatter
 from tests.integration.support import free_port
 from tests.unit.fakes import FakeEngine
@@ -52,18 +52,24 @@ def record(message: str, **fields: object) -> logging.LogRecord:
 
 
 async def test_health_checks_are_not_access_lines_unless_they_fail(
-    client: AsyncTestClient[Any], caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A load balancer polls /health every few seconds: its answers are debug lines."""
-    with caplog.at_level(logging.DEBUG, logger="app.access"):
-        assert (await client.get("/health")).status_code == 200
-        assert (await client.get("/v1/models")).status_code == 401
-    levels = {
-        record.fields["path"]: record.levelno  # type: ignore[attr-defined]
+    """A load balancer polls /health every few seconds: its answers are debug lines, unless
+    it says the service is not ready."""
+    settings = settings_for(tmp_path)
+    services = build_services(settings, engine=FakeEngine())
+    async with AsyncTestClient(app=create_app(settings, services)) as client:
+        with caplog.at_level(logging.DEBUG, logger="app.access"):
+            assert (await client.get("/health")).status_code == 200
+            assert (await client.get("/v1/models")).status_code == 401
+            services.host.stopping = True  # draining: HAProxy should hear it
+            assert (await client.get("/health")).status_code == 503
+    levels = [
+        (record.fields["status"], record.levelno)  # type: ignore[attr-defined]
         for record in caplog.records
         if record.name == "app.access"
-    }
-    assert levels == {"/health": logging.DEBUG, "/v1/models": logging.INFO}
+    ]
+    assert levels == [(200, logging.DEBUG), (401, logging.INFO), (503, logging.INFO)]
 
 
 def test_json_lines_carry_the_request_id_and_fields() -> None:

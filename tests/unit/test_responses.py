@@ -11,12 +11,14 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from litestar.testing import AsyncTestClient
 
+from app.db import Database
+from app.db.tables import responses
 from app.inference.engine import GenerationEvent, SamplingParams
 from app.openai import responses_leases
 from tests.unit.fakes import FakeEngine
@@ -295,26 +297,31 @@ async def two_replicas(
 
 
 async def test_a_background_response_whose_replica_stopped_is_reported_failed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, database_url: str
 ) -> None:
     engine = HeldEngine()
     async with two_replicas(tmp_path, engine) as (running, other):
         created = await create(running, background=True)
         path = f"/v1/responses/{created['id']}"
         assert (await other.get(path)).json()["status"] == "in_progress"  # its lease holds
-        # Time passes, and the replica never renews the lease: it stopped.
-        later = SimpleNamespace(time=lambda: time.time() + 3600, monotonic=time.monotonic)
-        monkeypatch.setattr(responses_leases, "time", later)
+        # Its replica stops renewing the lease (it died), and the lease runs out.
+        db = Database(database_url)
+        await db.open()
+        try:
+            await db.execute(sa.update(responses).values(lease_until=0))
+        finally:
+            await db.close()
         lost = (await other.get(path)).json()
         assert lost["status"] == "failed"
-        assert lost["error"] == {
-            "code": "server_error",
-            "message": responses_leases.LOST.message,
-        }
-        monkeypatch.undo()
-        assert (await other.get(path)).json() == lost  # stored so
+        assert lost["error"] == {"code": "server_error", "message": responses_leases.LOST.message}
         refused = await other.post("/v1/responses", json=body(previous_response_id=created["id"]))
         assert refused.status_code == 400
+        assert "is failed" in refused.json()["error"]["message"]
+        # Had it only been slow, what it writes later does not undo that.
+        engine.release.set()
+        await asyncio.sleep(0.2)  # it finishes and saves, as far as it may
+        for client in (running, other):
+            assert (await client.get(path)).json() == lost
 
 
 async def test_any_replica_cancels_or_deletes_a_background_response(
