@@ -70,8 +70,10 @@ class AnthropicController(Controller):
         caller: Admitted,
     ) -> Response[Message] | Stream:
         if data.stream:
-            return event_stream(await anthropic_messages.stream(data, caller), caller)
-        return Response(await anthropic_messages.create(data, caller), headers=caller.headers())
+            events, extra = await anthropic_messages.stream(data, caller)
+            return event_stream(events, caller, extra)
+        message, extra = await anthropic_messages.create(data, caller)
+        return Response(message, headers=caller.headers() | extra)
 
     @post(
         "/count_tokens",

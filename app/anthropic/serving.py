@@ -86,9 +86,12 @@ class MessagesServing:
     def __init__(self, chat: ChatServing) -> None:
         self._chat = chat
 
-    async def create(self, request: MessagesRequest, caller: Caller) -> Message:
-        """The whole message."""
-        turn = await self._chat.turn(chat_request(request), caller, prefill=prefill_of(request))
+    async def create(
+        self, request: MessagesRequest, caller: Caller
+    ) -> tuple[Message, dict[str, str]]:
+        """The whole message, and the headers that say what was dropped to fit the context."""
+        chat, dropped = await self._fit(request, caller)
+        turn = await self._chat.turn(chat, caller, prefill=prefill_of(request))
         reply = await turn.reply()
         assert reply.end is not None
         content: list[TextOut | ToolUseOut] = []
@@ -99,7 +102,7 @@ class MessagesServing:
         reason, sequence = _stop_reason(reply.end)
         if reason == "tool_use" and not reply.calls:
             reason = "max_tokens"
-        return Message(
+        message = Message(
             id=message_id(),
             model=turn.job.model,
             content=content,
@@ -111,10 +114,15 @@ class MessagesServing:
                 cache_read_input_tokens=reply.end.finished.cached_tokens,
             ),
         )
+        return message, dropped
 
-    async def stream(self, request: MessagesRequest, caller: Caller) -> AsyncIterator[bytes]:
-        """The message as Anthropic streams it, an ``error`` event if it fails after it began."""
-        turn = await self._chat.turn(chat_request(request), caller, prefill=prefill_of(request))
+    async def stream(
+        self, request: MessagesRequest, caller: Caller
+    ) -> tuple[AsyncIterator[bytes], dict[str, str]]:
+        """The message as Anthropic streams it, an ``error`` event if it fails after it began;
+        and the headers that say what was dropped to fit the context."""
+        chat, dropped = await self._fit(request, caller)
+        turn = await self._chat.turn(chat, caller, prefill=prefill_of(request))
         start = Message(
             id=message_id(),
             model=turn.job.model,
@@ -122,7 +130,14 @@ class MessagesServing:
             stop_reason=None,
             usage=MessageUsage(input_tokens=turn.prompt_tokens, output_tokens=0),
         )
-        return Closing(_events(start, _with_pings(turn.parts(), PING_EVERY)), turn.close)
+        events = Closing(_events(start, _with_pings(turn.parts(), PING_EVERY)), turn.close)
+        return events, dropped
+
+    async def _fit(
+        self, request: MessagesRequest, caller: Caller
+    ) -> tuple[ChatCompletionRequest, dict[str, str]]:
+        """The chat request, its oldest turns dropped to fit where the service does that."""
+        return await self._chat.fit(chat_request(request), caller, prefill=prefill_of(request))
 
     async def count_tokens(
         self, request: CountTokensRequest, caller: Caller

@@ -108,10 +108,6 @@ def event_stream(
     return ClosingStream(chunks, media_type="text/event-stream", headers=headers | (extra or {}))
 
 
-DROPPED_HEADER = "x-context-dropped-messages"
-"""How many of a chat's oldest messages were dropped to fit the context (APP_CONTEXT_OVERFLOW)."""
-
-
 class OpenAIController(Controller):
     """OpenAI-compatible endpoints."""
 
@@ -214,14 +210,7 @@ class OpenAIController(Controller):
         chat: Chat,
         caller: Admitted,
     ) -> Response[ChatCompletion] | Stream:
-        data, dropped = await chat.fit(data)
-        extra = {DROPPED_HEADER: str(dropped)} if dropped else {}
-        if dropped:
-            logger.info(
-                "dropped the %d oldest messages of %s's chat to fit the context",
-                dropped,
-                caller.user.username,
-            )
+        data, extra = await chat.fit(data, caller)
         if data.stream:
             return event_stream(await chat.stream(data, caller), caller, extra)
         return Response(await chat.create(data, caller), headers=caller.headers() | extra)

@@ -4,6 +4,7 @@ with structured outputs and tool calls held to their schemas by a grammar."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -57,6 +58,12 @@ _RESPONSE_SCHEMA = "response_format.json_schema.schema"
 _CONVERTING = ThreadPoolExecutor(max_workers=2, thread_name_prefix="schema-grammar")
 
 
+logger = logging.getLogger(__name__)
+
+DROPPED_HEADER = "x-context-dropped-messages"
+"""How many of a chat's oldest messages were dropped to fit the context (APP_CONTEXT_OVERFLOW)."""
+
+
 class ChatServing(OpenAIServing):
     """Replies to the conversation ``n`` times."""
 
@@ -66,16 +73,19 @@ class ChatServing(OpenAIServing):
         super().__init__(*args, **kwargs)
         self.drop_oldest = drop_oldest
 
-    async def fit(self, request: ChatCompletionRequest) -> tuple[ChatCompletionRequest, int]:
-        """The request with its oldest turns dropped until its prompt and ``max_tokens`` fit
-        the model's context (never a system or developer message, never the last message), and
-        how many messages went; unchanged when ``drop_oldest`` is off or it fits already. A
+    async def fit(
+        self, request: ChatCompletionRequest, caller: Caller, *, prefill: str | None = None
+    ) -> tuple[ChatCompletionRequest, dict[str, str]]:
+        """The request with its oldest turns dropped until its prompt (continuing ``prefill``)
+        and ``max_tokens`` fit the model's context (never a system or developer message, never
+        the last message), and the response headers that say how many messages went (logged
+        too); unchanged, and no header, when ``drop_oldest`` is off or it fits already. A
         request that cannot be made to fit is left for the usual 400.
 
         The fewest turns to drop are found by bisection (dropping more makes the prompt shorter):
         a chat of thousands of turns is rendered and tokenized a dozen times at most."""
         if not self.drop_oldest:
-            return request, 0
+            return request, {}
         request.check_supported()
         plan = tool_plan(request)
         tools = plan.tools if plan.calling else ()
@@ -90,14 +100,14 @@ class ChatServing(OpenAIServing):
             async def fits(dropped: int) -> bool:
                 kept = _without(request.messages, turns[:dropped])
                 tokens = await engine.tokenize_chat(
-                    chat_messages(kept), tools, tool_required=plan.forced
+                    chat_messages(kept), tools, tool_required=plan.forced, prefill=prefill
                 )
                 return len(tokens) <= room
 
             if await fits(0):
-                return request, 0
+                return request, {}
             if not turns or not await fits(len(turns)):
-                return request, 0  # the current turn alone is too long: the usual 400
+                return request, {}  # the current turn alone is too long: the usual 400
             short, enough = 0, len(turns)  # dropping `short` turns is too few, `enough` fits
             while enough - short > 1:
                 middle = (short + enough) // 2
@@ -108,7 +118,13 @@ class ChatServing(OpenAIServing):
         finally:
             lease.release()
         kept = _without(request.messages, turns[:enough])
-        return msgspec.structs.replace(request, messages=kept), len(request.messages) - len(kept)
+        dropped = len(request.messages) - len(kept)
+        logger.info(
+            "dropped the %d oldest messages of %s's chat to fit the context",
+            dropped,
+            caller.user.username,
+        )
+        return msgspec.structs.replace(request, messages=kept), {DROPPED_HEADER: str(dropped)}
 
     async def _job(
         self, request: ChatCompletionRequest, caller: Caller, prefill: str | None = None

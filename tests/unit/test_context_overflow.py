@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from litestar.testing import AsyncTestClient
 
 from app.factory import create_app
@@ -115,3 +116,26 @@ async def test_a_chat_of_many_turns_is_cut_to_fit_in_a_few_renderings(tmp_path: 
     turn = len(f"user: question 1 {LONG} assistant: answer 1 {LONG}".split())
     assert words <= 60 < words + turn  # the context less max_tokens; one more turn would not fit
     assert len(engine.chats) <= 12  # log2(300) + 2 renderings to fit, and the request's own
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_anthropic_messages_drop_their_oldest_turns_too(tmp_path: Path, stream: bool) -> None:
+    engine = FakeEngine()
+    settings = settings_for(tmp_path, APP_CONTEXT_OVERFLOW="drop_oldest")
+    async with AsyncTestClient(app=create_app(settings, engine=engine)) as client:
+        token = bearer(await login(client, ADMIN, ADMIN_PASSWORD))
+        system, *messages = chat(4)
+        body = {
+            "model": "tinyllama-1.1b",
+            "system": system["content"],
+            "messages": messages,
+            "max_tokens": 4,
+            "stream": stream,
+        }
+        answer = await client.post("/v1/messages", json=body, headers=token)
+        assert answer.status_code == 200, answer.text
+        dropped = int(answer.headers["x-context-dropped-messages"])
+        sent = engine.chats[-1]
+        assert len(sent) == 10 - dropped
+        assert sent[0].content == "be brief"
+        assert sent[-1].content == "the last question"
