@@ -259,7 +259,7 @@ class Database:
         """The database's clock in whole seconds since the epoch, as an SQL expression: one
         clock for every replica, whatever their own say."""
         if self.dialect == "postgresql":
-            return sa.cast(sa.extract("epoch", sa.func.now()), sa.BigInteger)
+            return sa.cast(sa.func.floor(sa.extract("epoch", sa.func.now())), sa.BigInteger)
         return sa.cast(sa.func.strftime("%s", "now"), sa.Integer)
 
     @contextlib.asynccontextmanager

@@ -24,6 +24,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import sqlalchemy as sa
 
@@ -45,6 +46,13 @@ _MAX_HELD_BYTES = 64 * 1024 * 1024
 _WRITE_FAILED = (DatabaseDown, sa.exc.SQLAlchemyError, OSError)
 
 
+Write = Literal["any", "leased", "leased_or_new"]
+"""How a save is written: ``any``, inserted or over whatever is there; ``leased``, only over a
+row that holds a lease (a background response's saves after its first: not once another replica
+settled it as lost, nor once it was deleted); ``leased_or_new``, the same, or inserted where
+there is no row (a later save standing in for a first one never written)."""
+
+
 @dataclass(frozen=True)
 class StoredResponse:
     """One stored response, its parts as JSON texts."""
@@ -56,12 +64,13 @@ class StoredResponse:
     lease_until: int | None = None
     """As read: while a background response is generated, until when its replica answers for
     it (Unix time, the database's clock)."""
+    expired: bool = False
+    """As read: it has a lease, run out by the database's clock (its replica stopped)."""
     leased: bool = False
     """As written: a background response still being generated; the write gives it a lease of
     ``LEASE_SECONDS``."""
-    guarded: bool = False
-    """As written: a background response's save after its first, written only while its row
-    holds a lease (not once another replica settled it as lost, nor once it was deleted)."""
+    write: Write = "any"
+    """As written: how (``Write``)."""
 
     @property
     def size(self) -> int:
@@ -130,8 +139,9 @@ class ResponseStore:
         user_id, stored, created_at = response
         response_id = stored.id
         if response_id in self._held:  # the newest version goes last
-            if not self._held[response_id][1].guarded:  # in place of a first save, not written
-                response = user_id, dataclasses.replace(stored, guarded=False), created_at
+            if stored.write == "leased" and self._held[response_id][1].write != "leased":
+                # In place of a first save, not written (or not known to be).
+                response = user_id, dataclasses.replace(stored, write="leased_or_new"), created_at
             self._release(response_id)
         self._held[response_id] = response
         self._held_bytes += response[1].size
@@ -146,7 +156,7 @@ class ResponseStore:
 
     def _write(self, user_id: int, stored: StoredResponse, created_at: int) -> sa.Executable:
         lease = self._db.unix_time() + LEASE_SECONDS if stored.leased else None
-        if stored.guarded:
+        if stored.write == "leased":
             return (
                 sa.update(responses)
                 .where(*_key(user_id, stored.id), responses.c.lease_until.is_not(None))
@@ -165,6 +175,10 @@ class ResponseStore:
             conversation=stored.conversation.decode(),
             lease_until=lease,
         )
+        # An id is only ever rewritten by its own user.
+        overwrites = responses.c.user_id == insert.excluded.user_id
+        if stored.write == "leased_or_new":
+            overwrites &= responses.c.lease_until.is_not(None)
         return insert.on_conflict_do_update(  # type: ignore[no-any-return]
             index_elements=[responses.c.id],
             set_={
@@ -172,22 +186,37 @@ class ResponseStore:
                 "conversation": insert.excluded.conversation,
                 "lease_until": insert.excluded.lease_until,
             },
-            # An id is only ever rewritten by its own user.
-            where=responses.c.user_id == insert.excluded.user_id,
+            where=overwrites,
         )
 
     async def get(self, user_id: int, response_id: str) -> StoredResponse | None:
-        """The user's response of this id, if there is one (and it is not past retention)."""
+        """The user's response of this id, if there is one (and it is not past retention).
+
+        A version held in memory is the newest, except a background response's later save,
+        which is written only while the row holds its lease: once the row has none (another
+        replica settled it, or it was finished), the row is what stands."""
         held = self._held.get(response_id)
-        if held is not None and held[0] == user_id:
+        if held is not None and held[0] != user_id:
+            held = None
+        if held is not None and held[1].write == "any":
             return held[1]
-        row = await self._db.fetch_one(
-            sa.select(responses).where(
-                responses.c.id == response_id,
-                responses.c.user_id == user_id,
-                responses.c.created_at >= self._oldest(),
+        try:
+            row = await self._db.fetch_one(
+                sa.select(
+                    responses,
+                    (responses.c.lease_until < self._db.unix_time()).label("expired"),
+                ).where(
+                    responses.c.id == response_id,
+                    responses.c.user_id == user_id,
+                    responses.c.created_at >= self._oldest(),
+                )
             )
-        )
+        except _WRITE_FAILED:
+            if held is not None:
+                return held[1]
+            raise
+        if held is not None and (row is None or row["lease_until"] is not None):
+            return held[1]  # not written yet, or written over the lease it holds
         if row is None:
             return None
         return StoredResponse(
@@ -195,7 +224,8 @@ class ResponseStore:
             row["body"].encode(),
             row["input_items"].encode(),
             row["conversation"].encode(),
-            row["lease_until"],
+            lease_until=row["lease_until"],
+            expired=bool(row["expired"]),
         )
 
     # --- background responses across replicas ----------------------------------------------
@@ -204,7 +234,7 @@ class ResponseStore:
         """Extends the lease of a background response being generated here; False when another
         replica asked to cancel it or settled it as lost, None when it is gone (deleted), True
         otherwise (also when the database cannot be written: the generation goes on)."""
-        if response_id in self._held and not await self.flush():
+        if response_id in self._held and not await asyncio.shield(self.flush()):
             return True  # its row may not be written yet
         row = _key(user_id, response_id)
         try:
@@ -250,14 +280,14 @@ class ResponseStore:
     async def delete(self, user_id: int, response_id: str) -> bool:
         """Deletes the user's response of this id; whether there was one."""
         async with self._writing:  # not while a flush may write it again
-            held = self._held.get(response_id)
-            if held is not None and held[0] == user_id:
-                self._release(response_id)
             changed = await self._db.execute(
                 sa.delete(responses).where(
                     responses.c.id == response_id, responses.c.user_id == user_id
                 )
             )
+            held = self._held.get(response_id)
+            if held is not None and held[0] == user_id:  # deleted: then forgotten here
+                self._release(response_id)
         return changed > 0 or (held is not None and held[0] == user_id)
 
     def _oldest(self) -> int:

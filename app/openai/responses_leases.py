@@ -11,7 +11,7 @@ row holds a lease (``lease_until``, by the database's clock) that the task renew
   response is stored ``cancelled``), and waits for that to happen.
 
 The generating replica's saves are written only while the row holds a lease
-(``StoredResponse.guarded``): once another replica settled the response as lost, or a user
+(``StoredResponse.write``): once another replica settled the response as lost, or a user
 deleted it, nothing of it is written back.
 """
 
@@ -71,23 +71,26 @@ class Leases:
             if kept is None:
                 gone()
             if not kept:
-                task.cancel()
+                if not task.cancelling():  # not stopped already
+                    task.cancel()
                 return
 
     async def settled(self, user_id: int, stored: StoredResponse) -> StoredResponse | None:
         """``stored`` as it stands: a background response whose lease ran out is failed (its
-        replica stopped), and stored so where it can be; None if it was deleted meanwhile. Not
-        for one this replica generates."""
-        if stored.lease_until is None or stored.lease_until >= time.time():
-            return stored  # (the database's clock decides, below, if this one says it ran out)
+        replica stopped), and stored so; None if it was deleted meanwhile. As it was read while
+        that cannot be stored (the next read tries again). Not for one this replica generates."""
+        if not stored.expired:
+            return stored
         body = msgspec.json.decode(stored.body, type=ResponseObject)
         body.status, body.error = "failed", LOST
-        lost = dataclasses.replace(stored, body=msgspec.json.encode(body), lease_until=None)
+        lost = dataclasses.replace(
+            stored, body=msgspec.json.encode(body), lease_until=None, expired=False
+        )
         try:
             if await self._store.settle_lost(user_id, lost):
                 return lost
-        except DatabaseDown:  # it cannot be written: it is reported failed all the same
-            return lost
+        except DatabaseDown:
+            return stored
         return await self._store.get(user_id, stored.id)  # renewed meanwhile, or deleted
 
     async def cancel_elsewhere(self, user_id: int, stored: StoredResponse) -> StoredResponse | None:
@@ -98,7 +101,7 @@ class Leases:
         deadline = time.monotonic() + 2 * RENEW_SECONDS + 1
         current: StoredResponse | None = stored
         while current is not None and current.lease_until is not None:
-            if time.monotonic() >= deadline or current.lease_until < time.time():
+            if time.monotonic() >= deadline or current.expired:
                 return await self.settled(user_id, current)
             await asyncio.sleep(POLL_SECONDS)
             current = await self._store.get(user_id, stored.id)

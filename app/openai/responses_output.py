@@ -88,7 +88,7 @@ class OutputBuilder:
             )
         elif isinstance(part, ReplyCall):
             self._blank = []
-            events += self.close()
+            events += self.close(before_call=True)
             call = OutputFunctionCall(
                 id=item_id("fc"),
                 call_id=part.id,
@@ -140,12 +140,14 @@ class OutputBuilder:
             return events + self.close()
         return self.close()
 
-    def close(self) -> list[tuple[str, dict[str, Any]]]:
-        """The events that finish the open item."""
+    def close(self, *, before_call: bool = False) -> list[tuple[str, dict[str, Any]]]:
+        """The events that finish the open item (``before_call``: a call comes next)."""
         item, self._open = self._open, None
         if item is None:
             return []
         joined, self._pieces = "".join(self._pieces), []
+        if isinstance(item, OutputMessage) and (before_call or self._calls):
+            joined = joined.strip()  # what is written beside calls, without the space around
         index = len(self.items) - 1
         cut = self._end is not None and self._end.reason == "length"
         item.status = "incomplete" if cut else "completed"
@@ -197,11 +199,7 @@ class OutputBuilder:
     def result(self) -> Output:
         assert self._end is not None
         text = "".join(self._text)
-        if self._calls:  # what is written beside calls, without the space around them
-            text = text.strip()
-            for item in self.items:
-                if isinstance(item, OutputMessage):
-                    item.content[0].text = item.content[0].text.strip()
+        text = text.strip() if self._calls else text
         message = Message(role="assistant", content=text or None, tool_calls=self._calls or None)
         cut = self._end.reason == "length"
         return Output(self.items, message, self._end.finished, cut)

@@ -189,7 +189,7 @@ class ResponsesServing:
             conversation=msgspec.json.encode(pending.conversation),
             leased=running(pending.body),
             # A background one's later saves are written only while its row is leased to it.
-            guarded=pending.body.background and pending.written,
+            write="leased" if pending.body.background and pending.written else "any",
         )
         pending.written = True
         # Shielded: a client that leaves does not lose a write the response depends on.
@@ -215,30 +215,40 @@ class ResponsesServing:
             )
             pending.body.status = "in_progress"
             await self._save(pending, caller)
-            await self._finish(pending, await reply_output(turn), turn, caller)
+            reply = await reply_output(turn)
+            await _stopped(renewing)  # no renewal after the last save
+            await self._finish(pending, reply, turn, caller)
         except asyncio.CancelledError:
             if pending.body.status not in ("completed", "incomplete"):  # else it is stored
-                await turn.close()  # its slot is free before it says it was cancelled
-                pending.body.status = "cancelled"
-                await self._save(pending, caller)  # unless it was deleted (``forget``)
+                pending.body.status = "cancelled"  # unless it was deleted (``forget``)
+                await asyncio.shield(self._wind_up(pending, turn, renewing, caller))
             raise
         except ServiceError as exc:
-            await turn.close()
             pending.body.status = "failed"
             pending.body.error = ResponseError(code=exc.code or exc.error_type, message=exc.message)
-            await self._save(pending, caller)
+            await asyncio.shield(self._wind_up(pending, turn, renewing, caller))
         except Exception:
             logger.exception("a background response failed")
-            await turn.close()
             pending.body.status = "failed"
             pending.body.error = ResponseError(
                 code="server_error", message="The server had an error while generating."
             )
-            await self._save(pending, caller)
+            await asyncio.shield(self._wind_up(pending, turn, renewing, caller))
         finally:
             if renewing is not None:
                 renewing.cancel()
             await turn.close()
+
+    async def _wind_up(
+        self, pending: _Pending, turn: Turn, renewing: asyncio.Task[None] | None, caller: Caller
+    ) -> None:
+        """A background response that ends early: its renewals stop and its slot is freed,
+        then it is stored as it ends (shielded by the caller: a second cancel while this runs
+        does not lose the save)."""
+        if renewing is not None:
+            await _stopped(renewing)
+        await turn.close()
+        await self._save(pending, caller)
 
     async def _events(self, pending: _Pending, turn: Turn, caller: Caller) -> AsyncGenerator[bytes]:
         events = EventWriter()
@@ -286,7 +296,7 @@ class ResponsesServing:
         stored = await self._stored(response_id, caller)  # the caller's, or a 404
         task = self._background.get(response_id)
         if task is not None:  # stopped first: it would store itself again as cancelled
-            task.cancel()
+            _cancel(task)
             await asyncio.wait({task})
         elif stored.lease_until is not None:  # the same, on the replica generating it
             await self._leases.cancel_elsewhere(caller.user.id, stored)
@@ -322,7 +332,7 @@ class ResponsesServing:
             raise InvalidRequest("Only background responses can be cancelled.", param="response_id")
         task = self._background.get(response_id)
         if task is not None:
-            task.cancel()
+            _cancel(task)
             await asyncio.wait({task})
             return await self.retrieve(response_id, caller)
         if stored.lease_until is None:
@@ -346,6 +356,19 @@ class ResponsesServing:
         if stored is None or response_id in self._background:  # generated here: leased
             return stored
         return await self._leases.settled(caller.user.id, stored)
+
+
+def _cancel(task: asyncio.Task[None]) -> None:
+    """Cancels a background response's task, once: a second cancel while it stores itself as
+    cancelled would only interrupt the wait for that."""
+    if not task.cancelling():
+        task.cancel()
+
+
+async def _stopped(task: asyncio.Task[None]) -> None:
+    """Cancels ``task`` and waits for it to end (a cancellation of the caller still raises)."""
+    task.cancel()
+    await asyncio.wait({task})
 
 
 def _body(stored: StoredResponse) -> ResponseObject:

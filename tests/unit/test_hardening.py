@@ -190,7 +190,7 @@ async def test_held_responses_keep_their_newest_version_and_are_written_in_order
         # row is leased: the row is still made (the later save takes the held one's place).
         await read_only.set(True)
         first = dataclasses.replace(version("resp_d", "queued"), leased=True)
-        later = dataclasses.replace(version("resp_d", "in_progress"), leased=True, guarded=True)
+        later = dataclasses.replace(version("resp_d", "in_progress"), leased=True, write="leased")
         for saved in (first, later):
             await store.save(admin, saved, created_at=int(time.time()))
         await read_only.set(False)
