@@ -157,7 +157,8 @@ class Settings(
         Literal["error", "drop_oldest"],
         Meta(
             description=(
-                "A chat completion longer than the context: error (400), or drop_oldest (its "
+                "A chat (chat completions, responses, messages) longer than the context: error "
+                "(400), or drop_oldest (its "
                 "oldest turns go, never the system prompt; header x-context-dropped-messages)."
             )
         ),

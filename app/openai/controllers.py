@@ -298,8 +298,10 @@ class ResponsesController(Controller):
         caller: Admitted,
     ) -> Response[ResponseObject] | Stream:
         if data.stream:
-            return event_stream(await responses.stream(data, caller), caller)
-        return Response(await responses.create(data, caller), headers=caller.headers())
+            events, extra = await responses.stream(data, caller)
+            return event_stream(events, caller, extra)
+        response, extra = await responses.create(data, caller)
+        return Response(response, headers=caller.headers() | extra)
 
     @get(
         "/{response_id:str}",

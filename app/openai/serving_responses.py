@@ -82,8 +82,11 @@ class ResponsesServing:
 
     # --- create --------------------------------------------------------------------------------
 
-    async def create(self, request: ResponseRequest, caller: Caller) -> ResponseObject:
-        """The whole response, or (``background``) the response just begun."""
+    async def create(
+        self, request: ResponseRequest, caller: Caller
+    ) -> tuple[ResponseObject, dict[str, str]]:
+        """The whole response, or (``background``) the response just begun; and the headers
+        that say what was dropped of the conversation to fit the context."""
         pending = await self._pending(request, caller)
         if request.background:
             turn = await self._chat.turn(pending.chat, caller, wait=False)
@@ -94,16 +97,19 @@ class ResponsesServing:
             self._background[pending.body.id] = task
             task.add_done_callback(lambda _: self._background.pop(pending.body.id, None))
             await asyncio.shield(saved)  # stored before it is answered: a GET finds it
-            return answer
+            return answer, pending.dropped
         turn = await self._chat.turn(pending.chat, caller)
         await self._finish(pending, await reply_output(turn), turn, caller)
-        return pending.body
+        return pending.body, pending.dropped
 
-    async def stream(self, request: ResponseRequest, caller: Caller) -> AsyncIterator[bytes]:
-        """The response as OpenAI streams it: typed events, each with a ``sequence_number``."""
+    async def stream(
+        self, request: ResponseRequest, caller: Caller
+    ) -> tuple[AsyncIterator[bytes], dict[str, str]]:
+        """The response as OpenAI streams it: typed events, each with a ``sequence_number``;
+        and the headers that say what was dropped of the conversation to fit the context."""
         pending = await self._pending(request, caller)
         turn = await self._chat.turn(pending.chat, caller)
-        return Closing(self._events(pending, turn, caller), turn.close)
+        return Closing(self._events(pending, turn, caller), turn.close), pending.dropped
 
     async def _pending(self, request: ResponseRequest, caller: Caller) -> _Pending:
         if request.background and not request.store:
@@ -138,6 +144,8 @@ class ResponsesServing:
         chat = chat_request(
             request, [*system, *conversation] if request.instructions else conversation
         )
+        # What is generated from may lose its oldest turns; what is stored keeps them.
+        chat, dropped = await self._chat.fit(chat, caller)
         body = ResponseObject(
             id=item_id("resp"),
             created_at=int(time.time()),
@@ -159,7 +167,7 @@ class ResponsesServing:
             user=request.user,
             metadata=request.metadata or {},
         )
-        return _Pending(body, chat, items, conversation)
+        return _Pending(body, chat, items, conversation, dropped)
 
     # --- finishing -----------------------------------------------------------------------------
 
@@ -389,11 +397,13 @@ class _Pending:
         chat: ChatCompletionRequest,
         items: list[InputItem],
         conversation: list[Message],
+        dropped: dict[str, str],
     ) -> None:
         self.body = body
         self.chat = chat
         self.items = items
         self.conversation = conversation
+        self.dropped = dropped  # the headers that say what ``chat`` lost to fit the context
         self.written = False  # saved once already
         self.deleted = False  # deleted while it was generated: nothing more of it is saved
 

@@ -4,6 +4,7 @@ tool results of a dropped call with it), and the response says how many."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -139,3 +140,35 @@ async def test_anthropic_messages_drop_their_oldest_turns_too(tmp_path: Path, st
         assert len(sent) == 10 - dropped
         assert sent[0].content == "be brief"
         assert sent[-1].content == "the last question"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_responses_drop_their_oldest_turns_and_store_them_whole(
+    tmp_path: Path, stream: bool
+) -> None:
+    engine = FakeEngine()
+    settings = settings_for(tmp_path, APP_CONTEXT_OVERFLOW="drop_oldest")
+    async with AsyncTestClient(app=create_app(settings, engine=engine)) as client:
+        token = bearer(await login(client, ADMIN, ADMIN_PASSWORD))
+        system, *messages = chat(4)
+        body = {
+            "model": "tinyllama-1.1b",
+            "instructions": system["content"],
+            "input": messages,
+            "max_output_tokens": 4,
+            "stream": stream,
+        }
+        answer = await client.post("/v1/responses", json=body, headers=token)
+        assert answer.status_code == 200, answer.text
+        dropped = int(answer.headers["x-context-dropped-messages"])
+        sent = engine.chats[-1]
+        assert len(sent) == 10 - dropped
+        assert sent[0].content == "be brief"
+        assert sent[-1].content == "the last question"
+        if stream:  # the id, from the first event
+            first = answer.text.split("\ndata: ", 1)[1].split("\n", 1)[0]
+            response_id = json.loads(first)["response"]["id"]
+        else:
+            response_id = answer.json()["id"]
+        items = await client.get(f"/v1/responses/{response_id}/input_items", headers=token)
+        assert len(items.json()["data"]) == len(messages)  # stored whole
