@@ -121,10 +121,11 @@ class OutputBuilder:
         self._open = item
         self.items.append(item)
         index = len(self.items) - 1
+        added = _now(item)  # its part is added next
         part = OutputText(text="")
         item.content.append(OutputText(text=""))
         return [
-            ("response.output_item.added", {"output_index": index, "item": _now(item)}),
+            ("response.output_item.added", {"output_index": index, "item": added}),
             (
                 "response.content_part.added",
                 {"item_id": item.id, "output_index": index, "content_index": 0, "part": part},
@@ -136,7 +137,9 @@ class OutputBuilder:
         call, those of an empty message (as ``reply_output`` gives it)."""
         if not self.items:
             events = self._open_message()
-            self._pieces, self._blank = self._blank, []
+            if blank := "".join(self._blank):  # a reply of whitespace: that is its text
+                events += self.feed(ReplyText(blank))
+            self._blank = []
             return events + self.close()
         return self.close()
 
@@ -150,7 +153,10 @@ class OutputBuilder:
             joined = joined.strip()  # what is written beside calls, without the space around
         index = len(self.items) - 1
         cut = self._end is not None and self._end.reason == "length"
-        item.status = "incomplete" if cut else "completed"
+        if isinstance(item, OutputFunctionCall):  # complete when its arguments are
+            item.status = "completed" if whole_arguments(joined) else "incomplete"
+        else:
+            item.status = "incomplete" if cut else "completed"
         if isinstance(item, OutputMessage):
             part = item.content[0]
             part.text = joined
@@ -177,7 +183,7 @@ class OutputBuilder:
                 ("response.output_item.done", {"output_index": index, "item": _now(item)}),
             ]
         item.arguments = joined
-        if not cut and whole_arguments(joined):  # a call cut short is not part of the conversation
+        if item.status == "completed":  # a call cut short is not part of the conversation
             self._calls.append(
                 ToolCallView(
                     id=item.call_id, function=FunctionCall(name=item.name, arguments=item.arguments)
@@ -197,12 +203,19 @@ class OutputBuilder:
         ]
 
     def result(self) -> Output:
+        """The finished reply: its items, less a call cut short (the events showed it
+        ``incomplete``; its partial arguments are no call to run), and its conversation turn."""
         assert self._end is not None
         text = "".join(self._text)
         text = text.strip() if self._calls else text
         message = Message(role="assistant", content=text or None, tool_calls=self._calls or None)
         cut = self._end.reason == "length"
-        return Output(self.items, message, self._end.finished, cut)
+        items = [
+            item
+            for item in self.items
+            if not (isinstance(item, OutputFunctionCall) and item.status == "incomplete")
+        ]
+        return Output(items, message, self._end.finished, cut)
 
 
 def _now(item: msgspec.Struct) -> Any:

@@ -78,12 +78,18 @@ class ChatServing(OpenAIServing):
     ) -> tuple[ChatCompletionRequest, dict[str, str]]:
         """The request with its oldest turns dropped until its prompt (continuing ``prefill``)
         and ``max_tokens`` fit the model's context (never a system or developer message, never
-        the last message), and the response headers that say how many messages went (logged
-        too); unchanged, and no header, when ``drop_oldest`` is off or it fits already. A
-        request that cannot be made to fit is left for the usual 400.
+        the current turn), and the response headers that say how many messages went (logged
+        too); unchanged, and no header, when ``drop_oldest`` is off or it fits already.
 
-        The fewest turns to drop are found by bisection (dropping more makes the prompt shorter):
-        a chat of thousands of turns is rendered and tokenized a dozen times at most."""
+        ``max_tokens`` is given up to half the context; where the current turn leaves less,
+        the older turns all go and the answer gets what is left, as without dropping. A
+        request whose current turn alone does not fit is left for the usual 400.
+
+        Turns go in steps of a quarter of the context: a conversation that grows by a turn at
+        a time keeps dropping the same turns for a while, so its prompt keeps the same prefix
+        and the slot's cache is reused, instead of the kept part shifting on every request. The
+        turns to drop are found by bisection (fewer dropped, a longer prompt): a conversation
+        of n turns is rendered and tokenized about log2(n) + 2 times."""
         if not self.drop_oldest:
             return request, {}
         request.check_supported()
@@ -93,28 +99,37 @@ class ChatServing(OpenAIServing):
         lease = await self._host.acquire(request.model)
         try:
             engine = lease.engine
-            room = engine.context_size - min(
-                request._limit() or self._defaults.max_tokens, engine.context_size // 2
-            )
+            context = engine.context_size
+            answer = min(request._limit() or self._defaults.max_tokens, context // 2)
+            lengths: dict[int, int] = {}
 
-            async def fits(dropped: int) -> bool:
-                kept = _without(request.messages, turns[:dropped])
-                tokens = await engine.tokenize_chat(
-                    chat_messages(kept), tools, tool_required=plan.forced, prefill=prefill
-                )
-                return len(tokens) <= room
+            async def length(dropped: int) -> int:
+                """The prompt's tokens with the ``dropped`` oldest turns gone."""
+                if dropped not in lengths:
+                    kept = _without(request.messages, turns[:dropped])
+                    tokens = await engine.tokenize_chat(
+                        chat_messages(kept), tools, tool_required=plan.forced, prefill=prefill
+                    )
+                    lengths[dropped] = len(tokens)
+                return lengths[dropped]
 
-            if await fits(0):
+            whole = await length(0)
+            if whole + answer <= context:
                 return request, {}
-            if not turns or not await fits(len(turns)):
+            if not turns or await length(len(turns)) >= context:
                 return request, {}  # the current turn alone is too long: the usual 400
-            short, enough = 0, len(turns)  # dropping `short` turns is too few, `enough` fits
-            while enough - short > 1:
-                middle = (short + enough) // 2
-                if await fits(middle):
-                    enough = middle
-                else:
-                    short = middle
+            step = max(context // 4, 1)
+            over = whole + answer - context
+            target = max(whole - step * -(-over // step), 0)  # whole less `over`, rounded up
+            enough = len(turns)  # dropping all of them fits; find the fewest that reach target
+            if await length(enough) <= target:
+                short = 0
+                while enough - short > 1:
+                    middle = (short + enough) // 2
+                    if await length(middle) <= target:
+                        enough = middle
+                    else:
+                        short = middle
         finally:
             lease.release()
         kept = _without(request.messages, turns[:enough])
@@ -342,29 +357,31 @@ def _reply(
     return AssistantMessage(content=content, tool_calls=views), finish
 
 
-def _older_turns(messages: Sequence[Any]) -> list[range]:
-    """The turns before the current one, oldest first, as ranges of message indexes: each is a
-    message that is not a system or developer message, with what followed it up to the next
-    user message (the answer, its calls and their results). The current turn (from the last
-    user message on: its question, and in an agent loop the calls and results so far) is not
-    one, and system and developer messages belong to none."""
+def _older_turns(messages: Sequence[Any]) -> list[list[int]]:
+    """The turns before the current one, oldest first, as the indexes of their messages: each
+    runs from a user message (or the chat's first message that is not a system or developer
+    one) to the next user message: the question, the answer, its calls and their results.
+    System and developer messages belong to no turn (they are never dropped). The current turn
+    runs from the last user message on, and from the calls its tool results answer where they
+    come right before it (Anthropic's tool results and text in one user message)."""
     current = max((i for i, m in enumerate(messages) if m.role == "user"), default=0)
-    kept_roles = ("user", "system", "developer")
-    turns = []
-    start = 0
-    while start < current:
-        if messages[start].role in ("system", "developer"):
-            start += 1
+    results = current  # the tool results right before the last user message, if any
+    while results > 0 and messages[results - 1].role == "tool":
+        results -= 1
+    if results < current and results > 0 and messages[results - 1].tool_calls:
+        current = results - 1  # from the assistant message whose calls they answer
+    turns: list[list[int]] = []
+    for i in range(current):
+        role = messages[i].role
+        if role in ("system", "developer"):
             continue
-        end = start + 1
-        while end < current and messages[end].role not in kept_roles:
-            end += 1
-        turns.append(range(start, end))
-        start = end
+        if role == "user" or not turns:
+            turns.append([])
+        turns[-1].append(i)
     return turns
 
 
-def _without(messages: Sequence[Any], turns: Sequence[range]) -> list[Any]:
+def _without(messages: Sequence[Any], turns: Sequence[list[int]]) -> list[Any]:
     gone = {i for turn in turns for i in turn}
     return [message for i, message in enumerate(messages) if i not in gone]
 

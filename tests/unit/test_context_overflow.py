@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from litestar.testing import AsyncTestClient
@@ -172,3 +173,88 @@ async def test_responses_drop_their_oldest_turns_and_store_them_whole(
             response_id = answer.json()["id"]
         items = await client.get(f"/v1/responses/{response_id}/input_items", headers=token)
         assert len(items.json()["data"]) == len(messages)  # stored whole
+
+
+async def post_chat(
+    client: AsyncTestClient[Any], messages: list[dict[str, object]], **fields: Any
+) -> tuple[int, int]:
+    """(status, messages dropped) of a chat completion."""
+    token = bearer(await login(client, ADMIN, ADMIN_PASSWORD))
+    body = {"model": "tinyllama-1.1b", "messages": messages, "max_tokens": 4, **fields}
+    answer = await client.post("/v1/chat/completions", json=body, headers=token)
+    return answer.status_code, int(answer.headers.get("x-context-dropped-messages", 0))
+
+
+async def test_a_growing_conversation_keeps_dropping_the_same_turns(tmp_path: Path) -> None:
+    """Turns go in steps of a quarter of the context, so the kept prompt keeps its prefix (and
+    the slot's cache) while the conversation grows within a step; dropping the fewest turns
+    each time would shift it here (4 turns, then 5)."""
+    engine = FakeEngine(context_size=256)
+    settings = settings_for(tmp_path, APP_CONTEXT_OVERFLOW="drop_oldest")
+    exchange: list[dict[str, object]] = [
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": "next"},
+    ]
+    async with AsyncTestClient(app=create_app(settings, engine=engine)) as client:
+        first = await post_chat(client, chat(12))
+        kept = engine.chats[-1]
+        later = await post_chat(client, chat(12) + exchange * 3)
+    assert first == later == (200, 10)
+    assert engine.chats[-1][: len(kept) - 1] == kept[:-1]  # the same prefix
+
+
+async def test_the_current_turn_keeps_what_room_it_leaves_for_the_answer(tmp_path: Path) -> None:
+    """A current turn longer than the context less max_tokens (but not than the context) still
+    fits once the older turns are gone: the answer gets what is left, not a 400."""
+    settings = settings_for(tmp_path, APP_CONTEXT_OVERFLOW="drop_oldest")
+    last: dict[str, object] = {"role": "user", "content": " ".join(["word"] * 40)}
+    async with AsyncTestClient(app=create_app(settings, engine=FakeEngine())) as client:
+        assert await post_chat(client, [*chat(2)[:-1], last], max_tokens=30) == (200, 4)
+
+
+async def test_a_turn_holds_its_calls_results_past_a_developer_note(tmp_path: Path) -> None:
+    """A developer message between a call and its result stays, and does not split the turn:
+    the call and its result go together (a result without its call would be refused)."""
+    engine = FakeEngine()
+    settings = settings_for(tmp_path, APP_CONTEXT_OVERFLOW="drop_oldest")
+    call = {"id": "call_1", "type": "function", "function": {"name": "look", "arguments": "{}"}}
+    messages: list[dict[str, object]] = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": f"look it up {LONG} {LONG}"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "developer", "content": "note"},
+        {"role": "tool", "tool_call_id": "call_1", "content": f"found it {LONG} {LONG}"},
+        {"role": "assistant", "content": f"it is there {LONG} {LONG}"},
+        {"role": "user", "content": "the last question"},
+    ]
+    tool = {"type": "function", "function": {"name": "look", "parameters": {"type": "object"}}}
+    async with AsyncTestClient(app=create_app(settings, engine=engine)) as client:
+        assert await post_chat(client, messages, tools=[tool]) == (200, 4)
+    roles = [m.role for m in engine.chats[-1]]
+    assert roles == ["system", "system", "user"]  # (a developer message is a system one)
+
+
+async def test_anthropic_tool_results_and_text_are_one_current_turn(tmp_path: Path) -> None:
+    """A user message with tool results and text (Anthropic's) is the current turn whole: the
+    call it answers stays with it."""
+    engine = FakeEngine()
+    settings = settings_for(tmp_path, APP_CONTEXT_OVERFLOW="drop_oldest")
+    use = {"type": "tool_use", "id": "toolu_1", "name": "look", "input": {}}
+    result = {"type": "tool_result", "tool_use_id": "toolu_1", "content": "found"}
+    body = {
+        "model": "tinyllama-1.1b",
+        "max_tokens": 4,
+        "system": "be brief",
+        "tools": [{"name": "look", "input_schema": {"type": "object"}}],
+        "messages": [
+            {"role": "user", "content": f"look it up {LONG} {LONG} {LONG} {LONG}"},
+            {"role": "assistant", "content": [use]},
+            {"role": "user", "content": [result, {"type": "text", "text": "and then?"}]},
+        ],
+    }
+    async with AsyncTestClient(app=create_app(settings, engine=engine)) as client:
+        token = bearer(await login(client, ADMIN, ADMIN_PASSWORD))
+        answer = await client.post("/v1/messages", json=body, headers=token)
+        assert answer.status_code == 200, answer.text
+    roles = [m.role for m in engine.chats[-1]]
+    assert roles == ["system", "assistant", "tool", "user"], roles

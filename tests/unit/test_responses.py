@@ -256,6 +256,30 @@ async def test_an_answer_of_nothing_is_an_empty_message(tmp_path: Path, stream: 
         assert [(part["type"], part["text"]) for part in item["content"]] == [("output_text", "")]
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_call_cut_short_is_no_output_item(
+    client: AsyncTestClient[Any], stream: bool
+) -> None:
+    """A call cut by max_output_tokens is not in the output (its partial arguments are no call
+    to run, nor part of the conversation); a stream shows it ``incomplete`` as it goes."""
+    answer = await client.post(
+        "/v1/responses", json=body(tools=[TOOL], max_output_tokens=4, stream=stream)
+    )
+    assert answer.status_code == 200, answer.text
+    if stream:
+        events = [json.loads(b.split("\ndata: ")[1]) for b in answer.text.split("\n\n")[:-1]]
+        done = [e["item"] for e in events if e["type"] == "response.output_item.done"]
+        assert [(item["type"], item["status"]) for item in done] == [
+            ("message", "completed"),
+            ("function_call", "incomplete"),
+        ]
+        result = events[-1]["response"]
+    else:
+        result = answer.json()
+    assert result["status"] == "incomplete"
+    assert [item["type"] for item in result["output"]] == ["message"]
+
+
 async def test_a_cut_answer_is_an_incomplete_message(client: AsyncTestClient[Any]) -> None:
     result = await create(client, max_output_tokens=1)
     assert result["status"] == "incomplete"
