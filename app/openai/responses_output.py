@@ -70,22 +70,9 @@ class OutputBuilder:
                     return events
                 events += self.close()
                 events += self._open_message()
-                index = len(self.items) - 1
                 text, self._blank = "".join(self._blank) + text, []
             assert isinstance(self._open, OutputMessage)
-            self._pieces.append(text)
-            events.append(
-                (
-                    "response.output_text.delta",
-                    {
-                        "item_id": self._open.id,
-                        "output_index": index,
-                        "content_index": 0,
-                        "delta": text,
-                        "logprobs": [],
-                    },
-                )
-            )
+            events.append(self._text_delta(text))
         elif isinstance(part, ReplyCall):
             self._blank = []
             events += self.close(before_call=True)
@@ -132,13 +119,26 @@ class OutputBuilder:
             ),
         ]
 
+    def _text_delta(self, text: str) -> tuple[str, dict[str, Any]]:
+        """``text`` added to the open message, and the event that says so."""
+        assert isinstance(self._open, OutputMessage)
+        self._pieces.append(text)
+        fields = {
+            "item_id": self._open.id,
+            "output_index": len(self.items) - 1,
+            "content_index": 0,
+            "delta": text,
+            "logprobs": [],
+        }
+        return "response.output_text.delta", fields
+
     def finish(self) -> list[tuple[str, dict[str, Any]]]:
         """The events that end the reply: the open item's, or, for a reply of no text and no
         call, those of an empty message (as ``reply_output`` gives it)."""
         if not self.items:
             events = self._open_message()
             if blank := "".join(self._blank):  # a reply of whitespace: that is its text
-                events += self.feed(ReplyText(blank))
+                events.append(self._text_delta(blank))
             self._blank = []
             return events + self.close()
         return self.close()

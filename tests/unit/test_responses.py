@@ -280,6 +280,26 @@ async def test_a_call_cut_short_is_no_output_item(
     assert [item["type"] for item in result["output"]] == ["message"]
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_answer_of_whitespace_is_that_text(tmp_path: Path, stream: bool) -> None:
+    async with admin_client(tmp_path, FakeEngine(words=("\n",))) as client:
+        answer = await client.post("/v1/responses", json=body(stream=stream))
+        assert answer.status_code == 200, answer.text
+        if stream:
+            events = [json.loads(b.split("\ndata: ")[1]) for b in answer.text.split("\n\n")[:-1]]
+            deltas = [e["delta"] for e in events if e["type"] == "response.output_text.delta"]
+            assert deltas == [" \n"]
+            result = events[-1]["response"]
+        else:
+            result = answer.json()
+        [item] = result["output"]
+        assert item["content"][0]["text"] == " \n"
+        follow = await client.post(
+            "/v1/responses", json=body(previous_response_id=result["id"], input="and?")
+        )
+        assert follow.status_code == 200, follow.text
+
+
 async def test_a_cut_answer_is_an_incomplete_message(client: AsyncTestClient[Any]) -> None:
     result = await create(client, max_output_tokens=1)
     assert result["status"] == "incomplete"
