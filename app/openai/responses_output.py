@@ -207,14 +207,13 @@ class OutputBuilder:
         ``incomplete``; its partial arguments are no call to run), and its conversation turn."""
         assert self._end is not None
         text = "".join(self._text)
-        text = text.strip() if self._calls else text
+        if any(isinstance(item, OutputFunctionCall) for item in self.items):
+            text = text.strip()  # beside calls, without the space around them
         message = Message(role="assistant", content=text or None, tool_calls=self._calls or None)
         cut = self._end.reason == "length"
-        items = [
-            item
-            for item in self.items
-            if not (isinstance(item, OutputFunctionCall) and item.status == "incomplete")
-        ]
+        items = self.items
+        if items and isinstance(items[-1], OutputFunctionCall) and items[-1].status != "completed":
+            items = items[:-1]  # the reply's end cut it short (nothing comes after it)
         return Output(items, message, self._end.finished, cut)
 
 

@@ -104,25 +104,33 @@ class ChatServing(OpenAIServing):
             lengths: dict[int, int] = {}
 
             async def length(dropped: int) -> int:
-                """The prompt's tokens with the ``dropped`` oldest turns gone."""
+                """The prompt's tokens with the ``dropped`` oldest turns gone (more than the
+                context where the template refuses what is left)."""
                 if dropped not in lengths:
                     kept = _without(request.messages, turns[:dropped])
-                    tokens = await engine.tokenize_chat(
-                        chat_messages(kept), tools, tool_required=plan.forced, prefill=prefill
-                    )
+                    try:
+                        tokens = await engine.tokenize_chat(
+                            chat_messages(kept), tools, tool_required=plan.forced, prefill=prefill
+                        )
+                    except InvalidRequest:
+                        if not dropped:
+                            raise
+                        tokens = [0] * (context + 1)
                     lengths[dropped] = len(tokens)
                 return lengths[dropped]
 
             whole = await length(0)
             if whole + answer <= context:
                 return request, {}
-            if not turns or await length(len(turns)) >= context:
+            if not turns or (least := await length(len(turns))) >= context:
                 return request, {}  # the current turn alone is too long: the usual 400
             step = max(context // 4, 1)
             over = whole + answer - context
             target = max(whole - step * -(-over // step), 0)  # whole less `over`, rounded up
+            if least > target:  # not reachable: the fewest turns that leave room for the answer
+                target = context - answer
             enough = len(turns)  # dropping all of them fits; find the fewest that reach target
-            if await length(enough) <= target:
+            if least <= target:
                 short = 0
                 while enough - short > 1:
                     middle = (short + enough) // 2
@@ -362,14 +370,20 @@ def _older_turns(messages: Sequence[Any]) -> list[list[int]]:
     runs from a user message (or the chat's first message that is not a system or developer
     one) to the next user message: the question, the answer, its calls and their results.
     System and developer messages belong to no turn (they are never dropped). The current turn
-    runs from the last user message on, and from the calls its tool results answer where they
-    come right before it (Anthropic's tool results and text in one user message)."""
+    runs from the last user message on; where tool results come right before it (Anthropic's
+    tool results and text in one user message), from the user message that led to the calls
+    they answer."""
     current = max((i for i, m in enumerate(messages) if m.role == "user"), default=0)
     results = current  # the tool results right before the last user message, if any
     while results > 0 and messages[results - 1].role == "tool":
         results -= 1
-    if results < current and results > 0 and messages[results - 1].tool_calls:
-        current = results - 1  # from the assistant message whose calls they answer
+    unanswered = {m.tool_call_id for m in messages[results:current] if m.tool_call_id}
+    calls = results  # back over the assistant messages whose calls those results answer
+    while unanswered and calls > 0 and messages[calls - 1].tool_calls:
+        calls -= 1
+        unanswered -= {call.id for call in messages[calls].tool_calls or ()}
+    if calls < results:  # they belong to the turn that asked for them: the current one
+        current = max((i for i in range(calls) if messages[i].role == "user"), default=calls)
     turns: list[list[int]] = []
     for i in range(current):
         role = messages[i].role

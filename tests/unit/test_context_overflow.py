@@ -236,7 +236,7 @@ async def test_a_turn_holds_its_calls_results_past_a_developer_note(tmp_path: Pa
 
 async def test_anthropic_tool_results_and_text_are_one_current_turn(tmp_path: Path) -> None:
     """A user message with tool results and text (Anthropic's) is the current turn whole: the
-    call it answers stays with it."""
+    call it answers stays with it, and so does the question that led to the call."""
     engine = FakeEngine()
     settings = settings_for(tmp_path, APP_CONTEXT_OVERFLOW="drop_oldest")
     use = {"type": "tool_use", "id": "toolu_1", "name": "look", "input": {}}
@@ -247,7 +247,8 @@ async def test_anthropic_tool_results_and_text_are_one_current_turn(tmp_path: Pa
         "system": "be brief",
         "tools": [{"name": "look", "input_schema": {"type": "object"}}],
         "messages": [
-            {"role": "user", "content": f"look it up {LONG} {LONG} {LONG} {LONG}"},
+            *chat(3)[1:-1],
+            {"role": "user", "content": "look it up"},
             {"role": "assistant", "content": [use]},
             {"role": "user", "content": [result, {"type": "text", "text": "and then?"}]},
         ],
@@ -257,4 +258,51 @@ async def test_anthropic_tool_results_and_text_are_one_current_turn(tmp_path: Pa
         answer = await client.post("/v1/messages", json=body, headers=token)
         assert answer.status_code == 200, answer.text
     roles = [m.role for m in engine.chats[-1]]
-    assert roles == ["system", "assistant", "tool", "user"], roles
+    assert roles[-4:] == ["user", "assistant", "tool", "user"], roles
+    assert engine.chats[-1][-4].content == "look it up"
+
+
+async def test_a_few_turns_go_where_the_step_cannot_be_reached(tmp_path: Path) -> None:
+    """Where dropping in steps of a quarter of the context cannot get that far (a long system
+    prompt), the fewest turns that leave room for the answer go, not the whole history."""
+    engine = FakeEngine(context_size=256)
+    settings = settings_for(tmp_path, APP_CONTEXT_OVERFLOW="drop_oldest")
+    system: dict[str, object] = {"role": "system", "content": " ".join(["rule"] * 100)}
+    async with AsyncTestClient(app=create_app(settings, engine=engine)) as client:
+        status, dropped = await post_chat(client, [system, *chat(6)[1:]], max_tokens=100)
+    assert status == 200
+    assert 0 < dropped < 12
+    sent = engine.chats[-1]
+    words = len(" ".join(f"{m.role}: {m.content}" for m in sent).split())
+    assert words <= 256 - 100 < words + 30  # room for the answer; one more turn would not fit
+
+
+async def test_results_answer_calls_made_in_several_messages(tmp_path: Path) -> None:
+    """Tool results right before the last user message keep every call they answer, even when
+    each call came in an assistant message of its own."""
+    engine = FakeEngine()
+    settings = settings_for(tmp_path, APP_CONTEXT_OVERFLOW="drop_oldest")
+
+    def call(n: int) -> dict[str, object]:
+        function = {"name": "look", "arguments": "{}"}
+        return {
+            "role": "assistant",
+            "tool_calls": [{"id": f"c{n}", "type": "function", "function": function}],
+        }
+
+    messages: list[dict[str, object]] = [
+        *chat(3)[:-1],
+        {"role": "user", "content": "look twice"},
+        call(1),
+        call(2),
+        {"role": "tool", "tool_call_id": "c1", "content": "one"},
+        {"role": "tool", "tool_call_id": "c2", "content": "two"},
+        {"role": "user", "content": "and?"},
+    ]
+    tool = {"type": "function", "function": {"name": "look", "parameters": {"type": "object"}}}
+    async with AsyncTestClient(app=create_app(settings, engine=engine)) as client:
+        status, dropped = await post_chat(client, messages, tools=[tool])
+    assert status == 200
+    assert dropped > 0
+    roles = [m.role for m in engine.chats[-1]]
+    assert roles[-6:] == ["user", "assistant", "assistant", "tool", "tool", "user"], roles
