@@ -121,58 +121,37 @@ async def test_a_chat_of_many_turns_is_cut_to_fit_in_a_few_renderings(tmp_path: 
 
 
 @pytest.mark.parametrize("stream", [False, True])
-async def test_anthropic_messages_drop_their_oldest_turns_too(tmp_path: Path, stream: bool) -> None:
-    engine = FakeEngine()
-    settings = settings_for(tmp_path, APP_CONTEXT_OVERFLOW="drop_oldest")
-    async with AsyncTestClient(app=create_app(settings, engine=engine)) as client:
-        token = bearer(await login(client, ADMIN, ADMIN_PASSWORD))
-        system, *messages = chat(4)
-        body = {
-            "model": "tinyllama-1.1b",
-            "system": system["content"],
-            "messages": messages,
-            "max_tokens": 4,
-            "stream": stream,
-        }
-        answer = await client.post("/v1/messages", json=body, headers=token)
-        assert answer.status_code == 200, answer.text
-        dropped = int(answer.headers["x-context-dropped-messages"])
-        sent = engine.chats[-1]
-        assert len(sent) == 10 - dropped
-        assert sent[0].content == "be brief"
-        assert sent[-1].content == "the last question"
-
-
-@pytest.mark.parametrize("stream", [False, True])
-async def test_responses_drop_their_oldest_turns_and_store_them_whole(
-    tmp_path: Path, stream: bool
+@pytest.mark.parametrize("path", ["/v1/messages", "/v1/responses"])
+async def test_anthropic_messages_and_responses_drop_their_oldest_turns_too(
+    tmp_path: Path, path: str, stream: bool
 ) -> None:
+    """As chat completions do; a stored response keeps its whole conversation."""
     engine = FakeEngine()
     settings = settings_for(tmp_path, APP_CONTEXT_OVERFLOW="drop_oldest")
+    system, *messages = chat(4)
+    if path == "/v1/messages":
+        body = {"system": system["content"], "messages": messages, "max_tokens": 4}
+    else:
+        body = {"instructions": system["content"], "input": messages, "max_output_tokens": 4}
     async with AsyncTestClient(app=create_app(settings, engine=engine)) as client:
         token = bearer(await login(client, ADMIN, ADMIN_PASSWORD))
-        system, *messages = chat(4)
-        body = {
-            "model": "tinyllama-1.1b",
-            "instructions": system["content"],
-            "input": messages,
-            "max_output_tokens": 4,
-            "stream": stream,
-        }
-        answer = await client.post("/v1/responses", json=body, headers=token)
+        answer = await client.post(
+            path, json={"model": "tinyllama-1.1b", "stream": stream, **body}, headers=token
+        )
         assert answer.status_code == 200, answer.text
         dropped = int(answer.headers["x-context-dropped-messages"])
         sent = engine.chats[-1]
         assert len(sent) == 10 - dropped
         assert sent[0].content == "be brief"
         assert sent[-1].content == "the last question"
-        if stream:  # the id, from the first event
-            first = answer.text.split("\ndata: ", 1)[1].split("\n", 1)[0]
-            response_id = json.loads(first)["response"]["id"]
-        else:
-            response_id = answer.json()["id"]
-        items = await client.get(f"/v1/responses/{response_id}/input_items", headers=token)
-        assert len(items.json()["data"]) == len(messages)  # stored whole
+        if path == "/v1/responses":
+            if stream:  # the id, from the first event
+                first = answer.text.split("\ndata: ", 1)[1].split("\n", 1)[0]
+                response_id = json.loads(first)["response"]["id"]
+            else:
+                response_id = answer.json()["id"]
+            items = await client.get(f"/v1/responses/{response_id}/input_items", headers=token)
+            assert len(items.json()["data"]) == len(messages)  # stored whole
 
 
 async def post_chat(
