@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -17,6 +17,7 @@ from app.inference.engine import Engine, Finished, GenerationEvent, SamplingPara
 from app.inference.json_grammar import json_object_grammar, json_schema_grammar
 from app.inference.tool_call_reader import CallDelta, ToolCallReader
 from app.inference.tool_formats import JsonAlternative
+from app.openai.context_overflow import DROPPED_HEADER, older_turns, turns_to_drop, without
 from app.openai.protocol import Usage, new_id, now
 from app.openai.protocol_chat import (
     AssistantMessage,
@@ -60,9 +61,6 @@ _CONVERTING = ThreadPoolExecutor(max_workers=2, thread_name_prefix="schema-gramm
 
 logger = logging.getLogger(__name__)
 
-DROPPED_HEADER = "x-context-dropped-messages"
-"""How many of a chat's oldest messages were dropped to fit the context (APP_CONTEXT_OVERFLOW)."""
-
 
 class ChatServing(OpenAIServing):
     """Replies to the conversation ``n`` times."""
@@ -76,71 +74,43 @@ class ChatServing(OpenAIServing):
     async def fit(
         self, request: ChatCompletionRequest, caller: Caller, *, prefill: str | None = None
     ) -> tuple[ChatCompletionRequest, dict[str, str]]:
-        """The request with its oldest turns dropped until its prompt (continuing ``prefill``)
-        and ``max_tokens`` fit the model's context (never a system or developer message, never
-        the current turn), and the response headers that say how many messages went (logged
-        too); unchanged, and no header, when ``drop_oldest`` is off or it fits already.
-
-        ``max_tokens`` is given up to half the context; where the current turn leaves less,
-        the older turns all go and the answer gets what is left, as without dropping. A
-        request whose current turn alone does not fit is left for the usual 400.
-
-        Turns go in steps of a quarter of the context: a conversation that grows by a turn at
-        a time keeps dropping the same turns for a while, so its prompt keeps the same prefix
-        and the slot's cache is reused, instead of the kept part shifting on every request. The
-        turns to drop are found by bisection (fewer dropped, a longer prompt): a conversation
-        of n turns is rendered and tokenized about log2(n) + 2 times."""
+        """The request with its oldest turns dropped so that its prompt (continuing
+        ``prefill``) and ``max_tokens`` (up to half the context) fit the model's context
+        (``context_overflow`` says which), and the response headers that say how many messages
+        went (logged too); unchanged, and no header, when ``drop_oldest`` is off, it fits
+        already, or its current turn alone is too long (the usual 400 follows)."""
         if not self.drop_oldest:
             return request, {}
         request.check_supported()
         plan = tool_plan(request)
         tools = plan.tools if plan.calling else ()
-        turns = _older_turns(request.messages)
+        turns = older_turns(request.messages)
         lease = await self._host.acquire(request.model)
         try:
             engine = lease.engine
             context = engine.context_size
-            answer = min(request._limit() or self._defaults.max_tokens, context // 2)
-            lengths: dict[int, int] = {}
 
             async def length(dropped: int) -> int:
                 """The prompt's tokens with the ``dropped`` oldest turns gone (more than the
                 context where the template refuses what is left)."""
-                if dropped not in lengths:
-                    kept = _without(request.messages, turns[:dropped])
-                    try:
-                        tokens = await engine.tokenize_chat(
-                            chat_messages(kept), tools, tool_required=plan.forced, prefill=prefill
-                        )
-                    except InvalidRequest:
-                        if not dropped:
-                            raise
-                        tokens = [0] * (context + 1)
-                    lengths[dropped] = len(tokens)
-                return lengths[dropped]
+                kept = chat_messages(without(request.messages, turns[:dropped]))
+                try:
+                    tokens = await engine.tokenize_chat(
+                        kept, tools, tool_required=plan.forced, prefill=prefill
+                    )
+                except InvalidRequest:
+                    if not dropped:
+                        raise
+                    return context + 1
+                return len(tokens)
 
-            whole = await length(0)
-            if whole + answer <= context:
-                return request, {}
-            if not turns or (least := await length(len(turns))) >= context:
-                return request, {}  # the current turn alone is too long: the usual 400
-            step = max(context // 4, 1)
-            over = whole + answer - context
-            target = max(whole - step * -(-over // step), 0)  # whole less `over`, rounded up
-            if least > target:  # not reachable: the fewest turns that leave room for the answer
-                target = context - answer
-            enough = len(turns)  # dropping all of them fits; find the fewest that reach target
-            if least <= target:
-                short = 0
-                while enough - short > 1:
-                    middle = (short + enough) // 2
-                    if await length(middle) <= target:
-                        enough = middle
-                    else:
-                        short = middle
+            answer = min(request._limit() or self._defaults.max_tokens, context // 2)
+            dropping = await turns_to_drop(len(turns), length, context=context, answer=answer)
         finally:
             lease.release()
-        kept = _without(request.messages, turns[:enough])
+        if not dropping:
+            return request, {}
+        kept = without(request.messages, turns[:dropping])
         dropped = len(request.messages) - len(kept)
         logger.info(
             "dropped the %d oldest messages of %s's chat to fit the context",
@@ -363,41 +333,6 @@ def _reply(
         for c in calls
     ]
     return AssistantMessage(content=content, tool_calls=views), finish
-
-
-def _older_turns(messages: Sequence[Any]) -> list[list[int]]:
-    """The turns before the current one, oldest first, as the indexes of their messages: each
-    runs from a user message (or the chat's first message that is not a system or developer
-    one) to the next user message: the question, the answer, its calls and their results.
-    System and developer messages belong to no turn (they are never dropped). The current turn
-    runs from the last user message on; where tool results come right before it (Anthropic's
-    tool results and text in one user message), from the user message that led to the calls
-    they answer."""
-    current = max((i for i, m in enumerate(messages) if m.role == "user"), default=0)
-    results = current  # the tool results right before the last user message, if any
-    while results > 0 and messages[results - 1].role == "tool":
-        results -= 1
-    unanswered = {m.tool_call_id for m in messages[results:current] if m.tool_call_id}
-    calls = results  # back over the assistant messages whose calls those results answer
-    while unanswered and calls > 0 and messages[calls - 1].tool_calls:
-        calls -= 1
-        unanswered -= {call.id for call in messages[calls].tool_calls or ()}
-    if calls < results:  # they belong to the turn that asked for them: the current one
-        current = max((i for i in range(calls) if messages[i].role == "user"), default=calls)
-    turns: list[list[int]] = []
-    for i in range(current):
-        role = messages[i].role
-        if role in ("system", "developer"):
-            continue
-        if role == "user" or not turns:
-            turns.append([])
-        turns[-1].append(i)
-    return turns
-
-
-def _without(messages: Sequence[Any], turns: Sequence[list[int]]) -> list[Any]:
-    gone = {i for turn in turns for i in turn}
-    return [message for i, message in enumerate(messages) if i not in gone]
 
 
 class _ChoiceStream:
