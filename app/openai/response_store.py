@@ -205,11 +205,7 @@ class ResponseStore:
                 sa.select(
                     responses,
                     (responses.c.lease_until < self._db.unix_time()).label("expired"),
-                ).where(
-                    responses.c.id == response_id,
-                    responses.c.user_id == user_id,
-                    responses.c.created_at >= self._oldest(),
-                )
+                ).where(*_key(user_id, response_id), responses.c.created_at >= self._oldest())
             )
         except _WRITE_FAILED:
             if held is not None:
@@ -281,9 +277,7 @@ class ResponseStore:
         """Deletes the user's response of this id; whether there was one."""
         async with self._writing:  # not while a flush may write it again
             changed = await self._db.execute(
-                sa.delete(responses).where(
-                    responses.c.id == response_id, responses.c.user_id == user_id
-                )
+                sa.delete(responses).where(*_key(user_id, response_id))
             )
             held = self._held.get(response_id)
             if held is not None and held[0] == user_id:  # deleted: then forgotten here

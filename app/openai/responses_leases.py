@@ -49,6 +49,13 @@ def running(body: ResponseObject) -> bool:
     return body.background and body.status in ("queued", "in_progress")
 
 
+def cancel_once(task: asyncio.Task[None]) -> None:
+    """Cancels a background response's task unless it is being cancelled already: a second
+    cancel while it stores itself as cancelled would only interrupt the wait for that."""
+    if not task.cancelling():
+        task.cancel()
+
+
 class Leases:
     """The leases of one replica's background responses, and what other replicas' say."""
 
@@ -71,8 +78,7 @@ class Leases:
             if kept is None:
                 gone()
             if not kept:
-                if not task.cancelling():  # not stopped already
-                    task.cancel()
+                cancel_once(task)
                 return
 
     async def settled(self, user_id: int, stored: StoredResponse) -> StoredResponse | None:

@@ -43,7 +43,7 @@ from app.openai.protocol_responses import (
 )
 from app.openai.response_store import ResponseStore, StoredResponse
 from app.openai.responses_input import chat_messages_of, chat_request, with_ids
-from app.openai.responses_leases import Leases, running
+from app.openai.responses_leases import Leases, cancel_once, running
 from app.openai.responses_output import EventWriter, Output, OutputBuilder, reply_output
 from app.openai.serving_base import Closing
 from app.openai.serving_chat import ChatServing
@@ -304,7 +304,7 @@ class ResponsesServing:
         stored = await self._stored(response_id, caller)  # the caller's, or a 404
         task = self._background.get(response_id)
         if task is not None:  # stopped first: it would store itself again as cancelled
-            _cancel(task)
+            cancel_once(task)
             await asyncio.wait({task})
         elif stored.lease_until is not None:  # the same, on the replica generating it
             await self._leases.cancel_elsewhere(caller.user.id, stored)
@@ -340,7 +340,7 @@ class ResponsesServing:
             raise InvalidRequest("Only background responses can be cancelled.", param="response_id")
         task = self._background.get(response_id)
         if task is not None:
-            _cancel(task)
+            cancel_once(task)
             await asyncio.wait({task})
             return await self.retrieve(response_id, caller)
         if stored.lease_until is None:
@@ -364,13 +364,6 @@ class ResponsesServing:
         if stored is None or response_id in self._background:  # generated here: leased
             return stored
         return await self._leases.settled(caller.user.id, stored)
-
-
-def _cancel(task: asyncio.Task[None]) -> None:
-    """Cancels a background response's task, once: a second cancel while it stores itself as
-    cancelled would only interrupt the wait for that."""
-    if not task.cancelling():
-        task.cancel()
 
 
 async def _stopped(task: asyncio.Task[None]) -> None:

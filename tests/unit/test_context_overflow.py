@@ -101,7 +101,8 @@ async def test_what_cannot_be_made_to_fit_is_still_a_400(tmp_path: Path) -> None
 
 
 async def test_a_chat_of_many_turns_is_cut_to_fit_in_a_few_renderings(tmp_path: Path) -> None:
-    """Hundreds of turns over the context still fit (the fewest oldest ones go), and finding
+    """Hundreds of turns over the context still fit (the oldest go, in quarter-context steps:
+    here the fewest, as one turn is longer than a step), and finding
     how many is a bisection: the chat is rendered a handful of times, not once a turn."""
     engine = FakeEngine()
     settings = settings_for(tmp_path, APP_CONTEXT_OVERFLOW="drop_oldest")
